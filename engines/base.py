@@ -1,0 +1,53 @@
+"""The one interface every detector backend implements."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class EngineError(RuntimeError):
+    """A detector cannot be built or loaded (bad weights file, unknown arch, missing backend)."""
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one frame, in source-pixel coordinates."""
+
+    boxes: np.ndarray  # float32 [N, 4]: x1, y1, x2, y2
+    scores: np.ndarray  # float32 [N]
+    labels: np.ndarray  # int64 [N]: index into Detector.label_names
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @staticmethod
+    def empty() -> Detections:
+        return Detections(
+            boxes=np.zeros((0, 4), np.float32), scores=np.zeros((0,), np.float32), labels=np.zeros((0,), np.int64)
+        )
+
+
+class Detector(ABC):
+    """A batch of RGB frames in, one `Detections` per frame out.
+
+    Frames in one batch may have different sizes; boxes come back in each frame's own pixel coordinates.
+    """
+
+    #: Human-readable backend name, e.g. "torch" or "onnxruntime".
+    backend: str
+    #: label id -> name; id 0 is the background class.
+    label_names: Sequence[str]
+
+    @abstractmethod
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Detect objects in uint8 HxWx3 RGB images."""
+
+    def close(self) -> None:
+        """Release backend resources."""
+
+    def label_name(self, label: int) -> str:
+        names = self.label_names
+        return names[label] if 0 <= label < len(names) else str(label)

@@ -1,0 +1,154 @@
+"""Faster R-CNN models assembled from torchvision's detection components, and safe checkpoint loading.
+
+`fasterrcnn_lite` is the project's own default: a small plain-conv backbone with a single stride-8 feature map,
+an RPN with k = scales x aspect ratios anchors at every position, and a small two-layer box head — light enough to
+train and run on a 2-core CPU. torchvision's builders load users' COCO checkpoints.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models.detection import (
+    FasterRCNN,
+    fasterrcnn_mobilenet_v3_large_320_fpn,
+    fasterrcnn_mobilenet_v3_large_fpn,
+    fasterrcnn_resnet50_fpn,
+    fasterrcnn_resnet50_fpn_v2,
+)
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FasterRCNN_ResNet50_FPN_Weights
+from torchvision.ops import MultiScaleRoIAlign
+
+from engines import ARCHS, DEFAULT_ARCH, TORCHVISION_ARCHS
+from engines.base import EngineError
+
+log = logging.getLogger(__name__)
+
+#: Classes of the synthetic scenes the default model is trained on (id 0 is background).
+SYNTH_LABELS: tuple[str, ...] = ("__background__", "person", "car", "sign")
+COCO_LABELS: tuple[str, ...] = tuple(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+
+_TORCHVISION_BUILDERS: dict[str, Callable[..., FasterRCNN]] = {
+    "fasterrcnn_resnet50_fpn": fasterrcnn_resnet50_fpn,
+    "fasterrcnn_resnet50_fpn_v2": fasterrcnn_resnet50_fpn_v2,
+    "fasterrcnn_mobilenet_v3_large_fpn": fasterrcnn_mobilenet_v3_large_fpn,
+    "fasterrcnn_mobilenet_v3_large_320_fpn": fasterrcnn_mobilenet_v3_large_320_fpn,
+}
+assert set(_TORCHVISION_BUILDERS) == set(TORCHVISION_ARCHS)
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+    )
+
+
+class LiteBackbone(nn.Sequential):
+    """Plain 3x3 conv stack down to stride 8: cheap on CPU, fine enough for objects of 12 px and up."""
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 96)) -> None:
+        layers: list[nn.Module] = []
+        c_in = 3
+        for i, width in enumerate(widths):
+            layers.append(_conv_bn_relu(c_in, width, stride=2 if i < 3 else 1))
+            c_in = width
+        layers.append(_conv_bn_relu(c_in, c_in, stride=1))
+        super().__init__(*layers)
+        self.out_channels = c_in
+
+
+def fasterrcnn_lite(num_classes: int = len(SYNTH_LABELS), min_size: int = 288, max_size: int = 512) -> FasterRCNN:
+    """The default detector: one stride-8 feature map, 5 scales x 3 aspect ratios = 15 anchors per position."""
+    backbone = LiteBackbone()
+    anchor_generator = AnchorGenerator(sizes=((12, 24, 48, 96, 192),), aspect_ratios=((0.5, 1.0, 2.0),))
+    box_roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
+    representation_size = 256
+    return FasterRCNN(
+        backbone,
+        num_classes=None,
+        min_size=min_size,
+        max_size=max_size,
+        rpn_anchor_generator=anchor_generator,
+        rpn_pre_nms_top_n_train=1000,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=100,
+        rpn_batch_size_per_image=128,
+        box_roi_pool=box_roi_pool,
+        box_head=TwoMLPHead(backbone.out_channels * 7 * 7, representation_size),
+        box_predictor=FastRCNNPredictor(representation_size, num_classes),
+        box_batch_size_per_image=128,
+        box_detections_per_img=50,
+    )
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: FasterRCNN
+    arch: str
+    label_names: tuple[str, ...]
+    trained: bool  # False when no weights were given: the detections are meaningless
+
+
+def build_model(arch: str = DEFAULT_ARCH, weights: str | Path | None = None) -> LoadedModel:
+    """Build `arch` and load `weights` (a state dict, or our checkpoint dict with a "model" entry)."""
+    if arch not in ARCHS:
+        raise EngineError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+    state, label_names = _read_checkpoint(weights) if weights is not None else (None, None)
+    if arch == DEFAULT_ARCH:
+        label_names = label_names or SYNTH_LABELS
+        model = fasterrcnn_lite(num_classes=len(label_names))
+    else:
+        label_names = label_names or COCO_LABELS
+        model = _TORCHVISION_BUILDERS[arch](weights=None, weights_backbone=None, num_classes=len(label_names))
+    if state is not None:
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise EngineError(
+                f"weights file {weights} does not fit arch {arch!r}: "
+                f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:2]}), "
+                f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:2]})"
+            )
+    else:
+        log.warning("no weights given for %s: the model is randomly initialised and its detections mean nothing", arch)
+    model.eval()
+    return LoadedModel(model=model, arch=arch, label_names=tuple(label_names), trained=state is not None)
+
+
+def _read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...] | None]:
+    path = Path(path)
+    if not path.is_file():
+        raise EngineError(f"weights file {path} not found")
+    try:
+        # weights_only=True: a checkpoint must never be able to run code when loaded.
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise EngineError(f"weights file {path} is not a readable PyTorch checkpoint: {exc}".splitlines()[0]) from exc
+    label_names = None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        label_names = tuple(obj["label_names"]) if obj.get("label_names") else None
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise EngineError(f"weights file {path} holds no state dict of tensors")
+    if label_names is None:
+        label_names = _labels_for_classifier(obj)
+    return obj, label_names
+
+
+def _labels_for_classifier(state: dict[str, torch.Tensor]) -> tuple[str, ...] | None:
+    """Guess label names from the box predictor's class count when a checkpoint does not name them."""
+    weight = next((v for k, v in state.items() if k.endswith("box_predictor.cls_score.weight")), None)
+    if weight is None:
+        return None
+    num_classes = int(weight.shape[0])
+    for names in (COCO_LABELS, SYNTH_LABELS):
+        if num_classes == len(names):
+            return names
+    return ("__background__", *(f"class_{i}" for i in range(1, num_classes)))

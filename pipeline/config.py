@@ -1,0 +1,157 @@
+"""The pipeline's configuration, in one place: a YAML file validated by pydantic, plus CLI overrides.
+
+```yaml
+cameras:
+  - name: lobby
+    url: rtsp://user:pass@10.0.0.5/stream1
+    options: {rtsp_transport: tcp}
+engine: {backend: auto, arch: fasterrcnn_lite, weights: null, score_threshold: 0.5}
+batching: {max_batch: 4, max_delay_ms: 20}
+redis: {url: null, prefix: rpn, maxlen: 10000}
+```
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engines import ARCHS, BACKENDS, DEFAULT_ARCH
+
+CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file, the key and the reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CameraConfig(_Strict):
+    name: str = Field(description="Unique camera name; used in Redis keys, logs and events.")
+    url: str = Field(min_length=1, description="File path, file:, rtsp://, http(s):// URL.")
+    options: dict[str, str] = Field(default_factory=dict, description="FFmpeg demuxer options.")
+    open_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not CAMERA_NAME.match(value):
+            raise ValueError("use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return value
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # YAML gives numbers and booleans; FFmpeg wants strings
+            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        return value
+
+
+class EngineConfig(_Strict):
+    backend: Literal[BACKENDS] = "auto"  # type: ignore[valid-type]
+    arch: Literal[ARCHS] = DEFAULT_ARCH  # type: ignore[valid-type]
+    weights: Path | None = None
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    threads: int | None = Field(None, ge=1, description="CPU threads for the engine (default: all cores).")
+    device: str = "cpu"
+
+
+class BatchingConfig(_Strict):
+    max_batch: int = Field(4, ge=1, le=256)
+    max_delay_ms: float = Field(20.0, ge=0.0, le=10_000.0)
+
+
+class RedisConfig(_Strict):
+    url: str | None = Field(None, description="redis://, rediss:// or unix:// URL; none: embedded server.")
+    prefix: str = Field("rpn", pattern=r"^[A-Za-z0-9_.:-]+$")
+    maxlen: int = Field(10_000, ge=1, description="Approximate length cap of each detections stream.")
+    embedded_db: Path | None = Field(None, description="RDB file of the embedded server (default: user state dir).")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class RuntimeConfig(_Strict):
+    queue_size: int = Field(8, ge=1, le=1024, description="Capacity of each channel between stages.")
+    drain_timeout_s: float = Field(
+        3.0, ge=0.0, description="After a stop request, how long in-flight frames may drain before being dropped."
+    )
+
+
+class PipelineConfig(_Strict):
+    cameras: list[CameraConfig] = Field(default_factory=list)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> PipelineConfig:
+        seen: set[str] = set()
+        for camera in self.cameras:
+            if camera.name in seen:
+                raise ValueError(f"camera name {camera.name!r} is used twice")
+            seen.add(camera.name)
+        return self
+
+
+def load_config(path: str | Path | None = None, data: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load and validate a YAML config file (or a dict); errors name the file, the key and the reason."""
+    where = str(path) if path is not None else "config"
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from exc
+        try:
+            data = yaml.safe_load(os.path.expandvars(text)) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: the top level must be a mapping (cameras:, engine:, ...)")
+    try:
+        return PipelineConfig.model_validate(data or {})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(where, exc)) from exc
+
+
+def format_validation_error(where: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{where}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def source_name_for(url: str, taken: set[str]) -> str:
+    """A camera name for a `--source` given without one: the file stem or the URL's last path part."""
+    base = re.split(r"[/\\]", url.rstrip("/").split("?")[0])[-1]
+    base = Path(base).stem or "camera"
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", base).lstrip("_.-")[:56] or "camera"
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    return name
+
+
+def parse_source_arg(arg: str, taken: set[str]) -> CameraConfig:
+    """`--source PATH_OR_URL` or `--source NAME=PATH_OR_URL`."""
+    name, sep, url = arg.partition("=")
+    if sep and CAMERA_NAME.match(name) and "/" not in name and ":" not in name:
+        return CameraConfig(name=name, url=url)
+    return CameraConfig(name=source_name_for(arg, taken), url=arg)

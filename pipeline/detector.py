@@ -1,0 +1,31 @@
+"""Detector stage: runs the engine on each batch and releases the images."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from engines.base import Detector
+from pipeline.frame import Batch, BatchResult, FrameResult
+from pipeline.stage import Channel, RunContext, Stage
+
+log = logging.getLogger(__name__)
+
+
+class DetectorStage(Stage):
+    def __init__(self, inbox: Channel[object], outbox: Channel[object], ctx: RunContext, engine: Detector) -> None:
+        super().__init__("detector", inbox, outbox, ctx)
+        self.engine = engine
+        self.batch_sizes: Counter[int] = Counter()  # batch size -> number of batches
+        self.multi_stream_batches = 0  # batches holding frames of more than one stream
+
+    def process(self, item: object) -> None:
+        assert isinstance(item, Batch)
+        images = [f.image for f in item.frames]
+        detections = self.engine.detect(images)  # type: ignore[arg-type]
+        if len(detections) != len(item.frames):
+            raise RuntimeError(f"engine returned {len(detections)} results for {len(item.frames)} frames")
+        self.batch_sizes[len(item.frames)] += 1
+        self.multi_stream_batches += len({f.stream for f in item.frames}) > 1
+        for frame in item.frames:
+            frame.image = None  # later stages need only the detections; free the memory now
+        self.emit(BatchResult([FrameResult(f, d) for f, d in zip(item.frames, detections)]))

@@ -1,0 +1,73 @@
+"""What flows between stages."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engines.base import Detections
+
+
+@dataclass
+class Frame:
+    """One decoded video frame."""
+
+    stream: str  # camera / source name
+    index: int  # 0-based count of frames decoded from this source
+    pts: float  # presentation time in seconds, from the container
+    capture_time: float  # wall clock (time.time()) when the frame left the decoder
+    image: np.ndarray | None  # uint8 HxWx3 RGB; released once detection is done
+    width: int = 0
+    height: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image is not None and not self.width:
+            self.height, self.width = self.image.shape[:2]
+
+
+@dataclass
+class Batch:
+    """Frames from any streams, detected together."""
+
+    frames: list[Frame]
+
+
+@dataclass
+class FrameResult:
+    """A frame after detection and tracking."""
+
+    frame: Frame
+    detections: Detections
+    track_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+
+
+@dataclass
+class BatchResult:
+    results: list[FrameResult]
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """Control item: a source has finished; it follows that source's last frame through every stage."""
+
+    stream: str
+
+
+class EndOfInput:
+    """Control item: no more input at all; each stage flushes, forwards it and exits."""
+
+
+END = EndOfInput()
+
+
+def frames_of(item: object) -> list[Frame]:
+    """The frames an item carries (for counting and drop accounting)."""
+    if isinstance(item, Frame):
+        return [item]
+    if isinstance(item, Batch):
+        return item.frames
+    if isinstance(item, FrameResult):
+        return [item.frame]
+    if isinstance(item, BatchResult):
+        return [r.frame for r in item.results]
+    return []

@@ -1,0 +1,56 @@
+"""Publisher stage: one XADD per processed frame to the camera's Redis Stream, pipelined per batch."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import redis
+
+from pipeline.events import detections_key, frame_entry
+from pipeline.frame import BatchResult
+from pipeline.stage import Channel, RunContext, Stage
+
+log = logging.getLogger(__name__)
+
+
+class PublisherStage(Stage):
+    def __init__(
+        self,
+        inbox: Channel[object],
+        ctx: RunContext,
+        client: redis.Redis,
+        label_names: Sequence[str],
+        prefix: str = "rpn",
+        maxlen: int = 10_000,
+    ) -> None:
+        super().__init__("publisher", inbox, None, ctx)
+        self.client = client
+        self.label_names = label_names
+        self.prefix = prefix
+        self.maxlen = maxlen
+        self._failing = False
+
+    def process(self, item: object) -> None:
+        assert isinstance(item, BatchResult)
+        pipe = self.client.pipeline(transaction=False)
+        publish_ts = time.time()
+        for result in item.results:
+            key = detections_key(self.prefix, result.frame.stream)
+            pipe.xadd(key, frame_entry(result, self.label_names, publish_ts), maxlen=self.maxlen, approximate=True)
+        frames = [r.frame for r in item.results]
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            if not self._failing:
+                log.error("publisher: Redis unavailable (%s); dropping frames until it is back", exc)
+            self._failing = True
+            self.drop(frames, "redis unavailable")
+            return
+        if self._failing:
+            log.info("publisher: Redis is back")
+            self._failing = False
+        for result in item.results:
+            self.ctx.count(result.frame.stream, "published")
+            self.ctx.count(result.frame.stream, "objects", len(result.detections))
+        self.counters.frames_out += len(frames)

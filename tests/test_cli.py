@@ -1,0 +1,122 @@
+"""The command line as a user drives it: exit codes, error messages, signals, subscribing."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from pipeline.events import detections_key
+from tests.conftest import ROOT, run_cli
+
+
+def _truncate(src: Path, dst: Path, fraction: float = 0.5) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def test_bad_inputs_fail_clearly_while_other_sources_complete(
+    make_video: Callable[..., Path], tmp_path: Path, redis_url: str, rclient: redis.Redis, prefix: str
+) -> None:
+    good = make_video(25, seed=3)
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("this is not a video\n" * 100)
+    truncated = _truncate(make_video(50, seed=4), tmp_path / "cut.mp4")  # moov atom lost: cannot even open
+    cut_mkv = _truncate(make_video(50, seed=4, suffix=".mkv"), tmp_path / "cut.mkv")  # decodes, then ends early
+    result = run_cli(
+        "run", "--source", f"good={good}", "--source", f"missing={tmp_path / 'nope.mp4'}",
+        "--source", f"notvideo={not_video}", "--source", f"truncated={truncated}", "--source", f"cutmkv={cut_mkv}",
+        "--redis-url", redis_url, "--prefix", prefix, "--summary-json", str(tmp_path / "summary.json"),
+    )
+    assert result.returncode == 1, result.stderr
+    err = result.stderr
+    assert f"source 'missing' ({tmp_path / 'nope.mp4'}): file not found" in err
+    assert f"source 'notvideo' ({not_video}): not a readable video" in err
+    assert f"source 'truncated' ({truncated}): not a readable video" in err
+    assert f"source 'cutmkv' ({cut_mkv}): truncated or corrupt" in err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    streams = summary["streams"]
+    assert streams["good"]["state"] == "finished" and streams["good"]["published"] == 25
+    assert {n for n, s in streams.items() if s["state"] == "failed"} == {"missing", "notvideo", "truncated", "cutmkv"}
+    assert 0 < streams["cutmkv"]["published"] < 50  # what could be decoded was still processed
+    assert rclient.xlen(detections_key(prefix, "good")) == 25
+    assert "error: cutmkv" in result.stdout  # the summary repeats each failure
+
+
+def test_sigterm_mid_file_stops_fast_and_accounts_for_every_frame(
+    make_video: Callable[..., Path], tmp_path: Path, redis_url: str, rclient: redis.Redis, prefix: str
+) -> None:
+    video = make_video(750, seed=5)  # 30 s of video: far longer than the test lets it run
+    summary_path = tmp_path / "summary.json"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_pipeline.py"), "run", "--source", f"long={video}", "--redis-url", redis_url,
+         "--prefix", prefix, "--summary-json", str(summary_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    key = detections_key(prefix, "long")
+    deadline = time.monotonic() + 90
+    while rclient.xlen(key) < 20:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no frames published within 90 s"
+        time.sleep(0.05)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    took = time.monotonic() - sent
+    assert took < 5.0, f"stopping took {took:.1f} s"
+    assert proc.returncode == 0, err
+    s = json.loads(summary_path.read_text())["streams"]["long"]
+    assert s["decoded"] < 750, "the file ran to its end: the signal came too late to test anything"
+    assert s["decoded"] == s["published"] + s["dropped"]
+    assert rclient.xlen(key) == s["published"]
+    assert "stopped on request" in out
+
+
+def test_config_errors_name_file_key_and_reason(tmp_path: Path) -> None:
+    config = tmp_path / "cameras.yaml"
+    config.write_text("cameras:\n  - name: lobby\n    url: a.mp4\n    fps: 12\nbatching:\n  max_batch: 0\n")
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{config}: cameras.0.fps: unknown key" in result.stderr
+    assert f"{config}: batching.max_batch: Input should be greater than or equal to 1" in result.stderr
+    config.write_text("cameras:\n  - {name: a, url: x.mp4}\n  - {name: a, url: y.mp4}\n")
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode == 2 and "camera name 'a' is used twice" in result.stderr
+    result = run_cli("run", "--config", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 2 and f"{tmp_path / 'absent.yaml'}: cannot read" in result.stderr
+    result = run_cli("run")
+    assert result.returncode == 2 and "no sources" in result.stderr
+
+
+def test_credentials_never_printed(tmp_path: Path, redis_url: str, prefix: str, make_video: Callable[..., Path]) -> None:
+    # A camera on a port where nothing listens: refused at once, and its password must not leak.
+    result = run_cli("run", "--source", "cam=rtsp://admin:hunter2secret@127.0.0.1:9/stream",
+                     "--source", f"ok={make_video(10, seed=6)}", "--redis-url", redis_url, "--prefix", prefix)
+    assert result.returncode == 1
+    assert "hunter2secret" not in result.stdout + result.stderr
+    assert "rtsp://admin:***@127.0.0.1:9/stream" in result.stderr
+    result = run_cli("subscribe", "--redis-url", "redis://user:topsecretpw@127.0.0.1:9/0", "--timeout", "1")
+    assert result.returncode == 2
+    assert "topsecretpw" not in result.stdout + result.stderr and "redis://user:***@127.0.0.1:9/0" in result.stderr
+
+
+def test_subscribe_prints_json_lines(make_video: Callable[..., Path], redis_url: str, prefix: str) -> None:
+    video = make_video(12, seed=7)
+    assert run_cli("run", "--source", f"cam={video}", "--redis-url", redis_url, "--prefix", prefix).returncode == 0
+    result = run_cli("subscribe", "--redis-url", redis_url, "--prefix", prefix, "--from-start", "--count", "12",
+                     "--timeout", "10")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(e["camera"], e["frame"]) for e in lines] == [("cam", i) for i in range(12)]
+
+
+def test_every_subcommand_has_help() -> None:
+    for command in ([], ["run"], ["demo"], ["subscribe"]):
+        result = run_cli(*command, "--help")
+        assert result.returncode == 0 and "usage:" in result.stdout
