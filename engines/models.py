@@ -109,13 +109,8 @@ def build_model(arch: str = DEFAULT_ARCH, weights: str | Path | None = None) -> 
         label_names = label_names or COCO_LABELS
         model = _TORCHVISION_BUILDERS[arch](weights=None, weights_backbone=None, num_classes=len(label_names))
     if state is not None:
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise EngineError(
-                f"weights file {weights} does not fit arch {arch!r}: "
-                f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:2]}), "
-                f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:2]})"
-            )
+        _check_fits(model, state, arch, weights)  # type: ignore[arg-type]
+        model.load_state_dict(state)
     else:
         log.warning("no weights given for %s: the model is randomly initialised and its detections mean nothing", arch)
     model.eval()
@@ -152,3 +147,16 @@ def _labels_for_classifier(state: dict[str, torch.Tensor]) -> tuple[str, ...] | 
         if num_classes == len(names):
             return names
     return ("__background__", *(f"class_{i}" for i in range(1, num_classes)))
+
+
+def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], arch: str, path: str | Path) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        raise EngineError(
+            f"weights file {path} does not fit arch {arch!r}: {len(missing)} missing keys {missing[:2]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:2]}, {len(mismatched)} keys of another shape "
+            f"{mismatched[:2]} (is it a checkpoint of another architecture?)"
+        )

@@ -1,0 +1,1 @@
+"""The pipeline runtime: source -> batcher -> detector -> tracker -> publisher."""

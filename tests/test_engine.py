@@ -1,0 +1,78 @@
+"""The detector engine: the Detector interface, model building and safe weight loading."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engines import Detector, EngineError, create_detector
+from engines.models import COCO_LABELS, SYNTH_LABELS, build_model
+from engines.synth import SceneSpec, render_frames
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    return [rgb for rgb, _ in render_frames(SceneSpec(width=320, height=240, frames=3), seed=11)]
+
+
+def test_detections_are_in_source_pixels_for_mixed_sizes(detector: Detector, frames: list[np.ndarray]) -> None:
+    big = np.ascontiguousarray(np.kron(frames[0], np.ones((2, 2, 1), np.uint8)))  # 640x480 copy of frame 0
+    small, large = detector.detect([frames[0], big])
+    assert len(small) > 0
+    assert small.boxes.dtype == np.float32 and small.scores.dtype == np.float32 and small.labels.dtype == np.int64
+    assert small.boxes[:, 2].max() <= 320 and small.boxes[:, 3].max() <= 240
+    assert large.boxes[:, 2].max() <= 640 and large.boxes[:, 3].max() <= 480
+    assert large.boxes[:, 2].max() > 320  # the large frame's boxes are not squeezed into the small one's space
+
+
+def test_saved_weights_reload_to_identical_detections(tmp_path: Path, frames: list[np.ndarray]) -> None:
+    torch.manual_seed(0)
+    original = build_model("fasterrcnn_lite")
+    path = tmp_path / "model.pt"
+    torch.save({"model": original.model.state_dict(), "label_names": list(SYNTH_LABELS)}, path)
+    a = create_detector("torch", weights=None, score_threshold=0.05)
+    a.model.load_state_dict(original.model.state_dict())  # type: ignore[attr-defined]
+    b = create_detector("torch", weights=path, score_threshold=0.05)
+    assert b.trained and b.label_names == SYNTH_LABELS  # type: ignore[attr-defined]
+    for da, db in zip(a.detect(frames), b.detect(frames)):
+        np.testing.assert_array_equal(da.boxes, db.boxes)
+        np.testing.assert_array_equal(da.scores, db.scores)
+
+
+def test_torchvision_coco_checkpoint_loads_with_coco_labels(tmp_path: Path) -> None:
+    # A real user's COCO checkpoint is a plain state dict; ours is randomly initialised (nothing can be downloaded).
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+
+    path = tmp_path / "coco.pth"
+    torch.save(fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None).state_dict(), path)
+    loaded = build_model("fasterrcnn_mobilenet_v3_large_320_fpn", path)
+    assert loaded.label_names == COCO_LABELS and loaded.label_names[1] == "person" and len(COCO_LABELS) == 91
+
+
+def test_bad_weights_files_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match=r"weights file .*absent.pt not found"):
+        build_model("fasterrcnn_lite", tmp_path / "absent.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x80\x04 definitely not a checkpoint" * 10)
+    with pytest.raises(EngineError, match="is not a readable PyTorch checkpoint"):
+        build_model("fasterrcnn_lite", corrupt)
+    lite = tmp_path / "lite.pt"
+    torch.save(build_model("fasterrcnn_lite").model.state_dict(), lite)
+    with pytest.raises(EngineError, match="does not fit arch 'fasterrcnn_mobilenet_v3_large_320_fpn'"):
+        build_model("fasterrcnn_mobilenet_v3_large_320_fpn", lite)
+    with pytest.raises(EngineError, match="unknown arch"):
+        build_model("yolo", lite)
+
+
+class Exploit:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (print, ("code ran while loading weights",))
+
+
+def test_checkpoints_cannot_run_code(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": Exploit()}, path)
+    with pytest.raises(EngineError, match="not a readable PyTorch checkpoint"):
+        build_model("fasterrcnn_lite", path)

@@ -1,0 +1,81 @@
+"""Stage policies in isolation, on real threads and channels: batching and identity tracking."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from pipeline.batcher import Batcher
+from pipeline.frame import END, Batch, Frame, StreamEnd
+from pipeline.stage import Channel, RunContext
+from pipeline.tracker import IoUTracker
+
+
+def _frame(stream: str, index: int) -> Frame:
+    return Frame(stream, index, index / 25, time.time(), np.zeros((8, 8, 3), np.uint8))
+
+
+def _collect(channel: Channel[object], timeout: float = 2.0) -> list[object]:
+    items: list[object] = []
+    while True:
+        item = channel.get(timeout=timeout)
+        if item is END:
+            return items
+        items.append(item)
+
+
+def test_batcher_fills_batches_and_bounds_the_wait() -> None:
+    inbox: Channel[object] = Channel("in", 100)
+    outbox: Channel[object] = Channel("out", 100)
+    batcher = Batcher(inbox, outbox, RunContext(), max_batch=4, max_delay_ms=80)
+    batcher.start()
+    for i in range(10):
+        inbox.put(_frame("a", i))
+    first = outbox.get(timeout=2)
+    second = outbox.get(timeout=2)
+    started = time.monotonic()
+    third = outbox.get(timeout=2)  # only 2 frames left: sent when the delay bound expires
+    waited = time.monotonic() - started
+    assert [len(b.frames) for b in (first, second, third)] == [4, 4, 2]  # type: ignore[attr-defined]
+    assert waited < 0.5
+    lone_at = time.monotonic()
+    inbox.put(_frame("b", 0))
+    lone = outbox.get(timeout=2)
+    assert isinstance(lone, Batch) and len(lone.frames) == 1
+    assert 0.06 <= time.monotonic() - lone_at < 0.5  # waited for company, but not longer than max_delay_ms
+    inbox.put(END)
+    assert _collect(outbox) == []
+    batcher.join(2)
+    assert not batcher.is_alive()
+
+
+def test_stream_end_never_overtakes_its_frames() -> None:
+    inbox: Channel[object] = Channel("in", 100)
+    outbox: Channel[object] = Channel("out", 100)
+    batcher = Batcher(inbox, outbox, RunContext(), max_batch=8, max_delay_ms=10_000)
+    batcher.start()
+    for i in range(3):
+        inbox.put(_frame("a", i))
+    inbox.put(StreamEnd("a"))
+    inbox.put(END)
+    items = _collect(outbox)
+    assert isinstance(items[0], Batch) and [f.index for f in items[0].frames] == [0, 1, 2]
+    assert items[1] == StreamEnd("a")
+
+
+def test_iou_tracker_keeps_identities_and_never_reuses_ids() -> None:
+    tracker = IoUTracker(iou_threshold=0.3, max_missed=2)
+    labels = np.array([1, 2], np.int64)
+    scores = np.array([0.9, 0.8], np.float32)
+    ids0 = tracker.update(np.array([[0, 0, 10, 20], [50, 50, 90, 70]], np.float32), scores, labels)
+    assert len(set(ids0.tolist())) == 2 and (ids0 > 0).all()
+    # both move a little; listed in the other order
+    ids1 = tracker.update(np.array([[52, 50, 92, 70], [1, 0, 11, 20]], np.float32), scores[::-1].copy(), labels[::-1].copy())
+    assert ids1.tolist() == ids0[::-1].tolist()
+    # a different class at the same place is a new object
+    ids2 = tracker.update(np.array([[1, 0, 11, 20]], np.float32), scores[:1], np.array([3], np.int64))
+    assert ids2[0] not in ids0
+    for _ in range(4):  # everything disappears long enough to be forgotten
+        tracker.update(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    ids3 = tracker.update(np.array([[0, 0, 10, 20]], np.float32), scores[:1], labels[:1])
+    assert ids3[0] > max(ids0.max(), ids2.max())
