@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["pipeline", "pipeline.*", "engines", "engines.*"]),
-    package_data={"pipeline": ["data/*.mp4"]},
+    package_data={"pipeline": ["data/*.mp4", "data/*.txt"], "engines": ["weights/*.pt"]},
     py_modules=["run_pipeline"],
     install_requires=[
         # Exactly these two: they install offline on our machines; other versions download GBs or break NMS.
@@ -25,10 +25,15 @@ setup(
         "PyYAML>=6",
         "scipy>=1.11",
         "tqdm>=4.66",
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
+        "pycocotools>=2.0.7",
     ],
     extras_require={
         "tensorrt": ["tensorrt>=10,<11"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        # `eval-tracking` compares our tracker with the trackers package's ByteTrack and OC-SORT.
+        "eval": ["trackers>=2"],
     },
     entry_points={"console_scripts": ["rpn-pipeline=pipeline.cli:main"]},
 )

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 SYNTH_LABELS: tuple[str, ...] = ("__background__", "person", "car", "sign")
 COCO_LABELS: tuple[str, ...] = tuple(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
 
+#: Weights shipped with the package, used when no --weights is given (reproduce them with the command in
+#: docs/model.md).
+SHIPPED_WEIGHTS: dict[str, Path] = {DEFAULT_ARCH: Path(__file__).with_name("weights") / f"{DEFAULT_ARCH}.pt"}
+
 _TORCHVISION_BUILDERS: dict[str, Callable[..., FasterRCNN]] = {
     "fasterrcnn_resnet50_fpn": fasterrcnn_resnet50_fpn,
     "fasterrcnn_resnet50_fpn_v2": fasterrcnn_resnet50_fpn_v2,
@@ -53,7 +57,7 @@ def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 class LiteBackbone(nn.Sequential):
     """Plain 3x3 conv stack down to stride 8: cheap on CPU, fine enough for objects of 12 px and up."""
 
-    def __init__(self, widths: Sequence[int] = (16, 32, 64, 96)) -> None:
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 64)) -> None:
         layers: list[nn.Module] = []
         c_in = 3
         for i, width in enumerate(widths):
@@ -65,9 +69,12 @@ class LiteBackbone(nn.Sequential):
 
 
 def fasterrcnn_lite(num_classes: int = len(SYNTH_LABELS), min_size: int = 288, max_size: int = 512) -> FasterRCNN:
-    """The default detector: one stride-8 feature map, 5 scales x 3 aspect ratios = 15 anchors per position."""
+    """The default detector: one stride-8 feature map, 5 scales x 3 aspect ratios = 15 anchors per position.
+
+    Aspect ratios are height / width: 0.5 for wide (cars), 1.0 for square (signs), 2.5 for tall (people).
+    """
     backbone = LiteBackbone()
-    anchor_generator = AnchorGenerator(sizes=((12, 24, 48, 96, 192),), aspect_ratios=((0.5, 1.0, 2.0),))
+    anchor_generator = AnchorGenerator(sizes=((12, 24, 48, 96, 160),), aspect_ratios=((0.5, 1.0, 2.5),))
     box_roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
     representation_size = 256
     return FasterRCNN(
@@ -95,6 +102,12 @@ class LoadedModel:
     arch: str
     label_names: tuple[str, ...]
     trained: bool  # False when no weights were given: the detections are meaningless
+
+
+def default_weights(arch: str) -> Path | None:
+    """The shipped weights of `arch`, if any."""
+    path = SHIPPED_WEIGHTS.get(arch)
+    return path if path is not None and path.is_file() else None
 
 
 def build_model(arch: str = DEFAULT_ARCH, weights: str | Path | None = None) -> LoadedModel:

@@ -68,8 +68,8 @@ def make_video(video_dir: Path) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def detector() -> Detector:
-    """The default architecture, untrained, with a low threshold so frames carry objects to track and publish."""
-    return create_detector("torch", score_threshold=0.05)
+    """The real default detector: shipped weights, exported to ONNX, run by ONNX Runtime."""
+    return create_detector("onnxruntime", score_threshold=0.5)
 
 
 def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -76,3 +76,31 @@ def test_checkpoints_cannot_run_code(tmp_path: Path) -> None:
     torch.save({"model": {"w": torch.zeros(1)}, "payload": Exploit()}, path)
     with pytest.raises(EngineError, match="not a readable PyTorch checkpoint"):
         build_model("fasterrcnn_lite", path)
+
+
+def test_shipped_model_finds_the_objects_of_a_held_out_scene() -> None:
+    """What users rely on: the default detector, on a scene it never saw, finds the clearly visible objects."""
+    from torchvision.ops import box_iou
+
+    detector = create_detector("onnxruntime", score_threshold=0.5)
+    assert detector.trained, "the default weights are not shipped"  # type: ignore[attr-defined]
+    found = total = false_positives = 0
+    spec = SceneSpec(width=640, height=360, frames=60)
+    for index, (rgb, truths) in enumerate(render_frames(spec, seed=1500)):
+        if index % 6:
+            continue
+        det = detector.detect([rgb])[0]
+        visible = [t for t in truths if t.visibility > 0.6 and (t.box[3] - t.box[1]) >= 16]
+        gt = torch.tensor([t.box for t in visible], dtype=torch.float32).reshape(-1, 4)
+        iou = box_iou(gt, torch.from_numpy(det.boxes)) if len(det) else torch.zeros(len(visible), 0)
+        for i, truth in enumerate(visible):
+            total += 1
+            match = (iou[i] >= 0.5) & torch.from_numpy(det.labels == truth.label)
+            found += bool(match.any())
+        all_gt = torch.tensor([t.box for t in truths], dtype=torch.float32).reshape(-1, 4)
+        if len(det):
+            false_positives += int(((box_iou(torch.from_numpy(det.boxes), all_gt).max(1).values
+                                     if len(truths) else torch.zeros(len(det))) < 0.3).sum())
+    assert total >= 30
+    assert found / total >= 0.9, f"found {found} of {total} clearly visible objects"
+    assert false_positives <= 0.1 * total, f"{false_positives} detections away from any object"

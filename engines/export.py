@@ -1,0 +1,130 @@
+"""Export a Faster R-CNN as two ONNX graphs that TensorRT 10 and ONNX Runtime run (see engines/split.py).
+
+- `dense.onnx`: images [batch, 3, H, W] (normalized, static H x W, dynamic batch) -> per feature level: feature
+  map, RPN objectness, RPN box deltas.
+- `box_head.onnx`: RoI-pooled features [rois, C, 7, 7] (dynamic rois) -> class logits, box deltas.
+- `manifest.json`: what the runtime needs to use them (arch, labels, input size, hashes).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from engines.base import EngineError
+from engines.models import LoadedModel
+from engines.split import BoxHeadStage, DenseStage, feature_names, input_size_for, roi_input_shape
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+DENSE_FILE, BOX_HEAD_FILE, MANIFEST_FILE = "dense.onnx", "box_head.onnx", "manifest.json"
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    directory: Path
+    manifest: dict[str, object]
+
+    @property
+    def dense_path(self) -> Path:
+        return self.directory / DENSE_FILE
+
+    @property
+    def box_head_path(self) -> Path:
+        return self.directory / BOX_HEAD_FILE
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        h, w = self.manifest["input_size"]  # type: ignore[misc]
+        return int(h), int(w)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dense_output_names(levels: int) -> list[str]:
+    return [f"{kind}_{i}" for kind in ("features", "objectness", "box_deltas") for i in range(levels)]
+
+
+def export_onnx(
+    loaded: LoadedModel, out_dir: str | Path, frame_size: tuple[int, int] = (640, 360), weights: Path | None = None
+) -> ExportedModel:
+    """Write dense.onnx, box_head.onnx and manifest.json for frames of `frame_size` (width, height)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = loaded.model.eval()
+    height, width = input_size_for(model, *frame_size)
+    names = feature_names(model)
+    outputs = dense_output_names(len(names))
+    batch_axis = {name: {0: "batch"} for name in ["images", *outputs]}
+    with torch.no_grad():
+        torch.onnx.export(
+            DenseStage(model).eval(), (torch.zeros(2, 3, height, width),), str(out / DENSE_FILE),
+            input_names=["images"], output_names=outputs, dynamic_axes=batch_axis,
+            opset_version=OPSET, do_constant_folding=True, dynamo=False,
+        )
+        roi_shape = roi_input_shape(model)
+        torch.onnx.export(
+            BoxHeadStage(model).eval(), (torch.zeros(8, *roi_shape),), str(out / BOX_HEAD_FILE),
+            input_names=["pooled"], output_names=["class_logits", "box_deltas"],
+            dynamic_axes={"pooled": {0: "rois"}, "class_logits": {0: "rois"}, "box_deltas": {0: "rois"}},
+            opset_version=OPSET, do_constant_folding=True, dynamo=False,
+        )
+    # The FPN's upsampling leaves feature sizes symbolic in the traced graph; with a static image size they are
+    # static, and shape inference writes that down (TensorRT then needs no shape ranges for them).
+    for path in (out / DENSE_FILE, out / BOX_HEAD_FILE):
+        onnx.save(onnx.shape_inference.infer_shapes(onnx.load(str(path)), data_prop=True), str(path))
+    manifest = {
+        "arch": loaded.arch,
+        "label_names": list(loaded.label_names),
+        "input_size": [height, width],
+        "frame_size": list(frame_size),
+        "feature_names": names,
+        "roi_shape": list(roi_shape),
+        "opset": OPSET,
+        "weights_sha256": file_sha256(weights) if weights else None,
+        "dense_sha256": file_sha256(out / DENSE_FILE),
+        "box_head_sha256": file_sha256(out / BOX_HEAD_FILE),
+        "torch": torch.__version__,
+    }
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    log.info("exported %s to %s (input %dx%d, dynamic batch)", loaded.arch, out, height, width)
+    return ExportedModel(out, manifest)
+
+
+def load_exported(directory: str | Path) -> ExportedModel:
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EngineError(f"{directory} holds no readable {MANIFEST_FILE}: export the model first") from exc
+    exported = ExportedModel(directory, manifest)
+    for path in (exported.dense_path, exported.box_head_path):
+        if not path.is_file():
+            raise EngineError(f"{path} is missing: export the model again")
+    return exported
+
+
+def cached_export(
+    loaded: LoadedModel, weights: Path | None, frame_size: tuple[int, int], cache_dir: Path
+) -> ExportedModel:
+    """The ONNX export of these weights for this frame size, made once and reused from `cache_dir`."""
+    if weights is None:  # random weights: nothing worth caching
+        return export_onnx(loaded, tempfile.mkdtemp(prefix="rpn-onnx-"), frame_size)
+    directory = cache_dir / f"{loaded.arch}-{file_sha256(weights)[:16]}-{frame_size[0]}x{frame_size[1]}"
+    try:
+        return load_exported(directory)
+    except EngineError:
+        return export_onnx(loaded, directory, frame_size, weights)

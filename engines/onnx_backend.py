@@ -1,0 +1,44 @@
+"""ONNX Runtime backend (CPU): the exported graphs in ONNX Runtime, the glue in torchvision."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import Tensor
+
+from engines.export import ExportedModel
+from engines.models import LoadedModel
+from engines.split import GraphRunner, SplitDetector
+
+log = logging.getLogger(__name__)
+
+
+def _session(path: str, threads: int | None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def _runner(session: ort.InferenceSession) -> GraphRunner:
+    input_name = session.get_inputs()[0].name
+
+    def run(x: Tensor) -> list[Tensor]:
+        outputs = session.run(None, {input_name: np.ascontiguousarray(x.numpy(), dtype=np.float32)})
+        return [torch.from_numpy(o) for o in outputs]
+
+    return run
+
+
+def create_onnxruntime_detector(
+    loaded: LoadedModel, exported: ExportedModel, score_threshold: float = 0.5, threads: int | None = None
+) -> SplitDetector:
+    dense = _session(str(exported.dense_path), threads)
+    box_head = _session(str(exported.box_head_path), threads)
+    return SplitDetector(
+        loaded, _runner(dense), _runner(box_head), exported.input_size, "onnxruntime", score_threshold=score_threshold
+    )
