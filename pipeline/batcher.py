@@ -1,19 +1,128 @@
 """Batcher stage: groups frames from all streams into batches for the engine.
 
-A batch is sent when it holds `max_batch` frames, or `max_delay_ms` after its first frame arrived — whichever comes
-first — so a lone or slow stream never waits longer than the delay bound.
+Its inbox, `CameraQueues`, holds one small queue per source and serves them round-robin, so no camera starves
+and a slow or dead one never holds a batch back. A batch is sent when it holds `max_batch` frames, or `max_delay_ms`
+after its first frame arrived, whichever comes first.
 """
 from __future__ import annotations
 
+import itertools
+import queue
+import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
 
-from pipeline.frame import Batch, Frame, StreamEnd
+from pipeline.frame import END, Batch, Frame, StreamEnd
 from pipeline.stage import Channel, RunContext, Stage
+
+
+@dataclass
+class _SourceQueue:
+    name: str
+    capacity: int
+    drop_oldest: bool
+    min_interval_s: float  # 1 / max_fps; 0 for no cap
+    items: deque[object] = field(default_factory=deque)
+    next_allowed: float = 0.0
+
+
+class CameraQueues:
+    """The batcher's inbox: a bounded queue per source, served round-robin.
+
+    A file source's full queue blocks its writer (backpressure: lossless). A live source's full queue drops its
+    oldest frame instead (counted), so the engine always works on the freshest frames. A source with `max_fps` has
+    the frames that come sooner than 1 / max_fps after the last one served dropped (counted). A source's
+    `StreamEnd` is served after all its frames; `end()` makes `get` return END once every queue is empty.
+    """
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self._cond = threading.Condition()
+        self._queues: dict[int, _SourceQueue] = {}  # insertion order is the round-robin order
+        self._cursor = 0
+        self._keys = itertools.count()
+        self._ended = False
+
+    def open(self, name: str, capacity: int, drop_oldest: bool, max_fps: float | None = None) -> int:
+        """Add a queue for a new source; returns its key for `put`."""
+        with self._cond:
+            key = next(self._keys)
+            self._queues[key] = _SourceQueue(name, capacity, drop_oldest, 1.0 / max_fps if max_fps else 0.0)
+            return key
+
+    def put(self, key: int, item: object, stop: threading.Event | None = None) -> bool:
+        """Queue an item; False if `stop` got set while waiting for room (the item was not queued)."""
+        with self._cond:
+            q = self._queues[key]
+            while isinstance(item, Frame) and len(q.items) >= q.capacity:
+                if q.drop_oldest:
+                    self._drop_oldest_frame(q)
+                    break
+                if stop is not None and stop.is_set():
+                    return False
+                self._cond.wait(0.05)
+            q.items.append(item)
+            self._cond.notify_all()
+            return True
+
+    def _drop_oldest_frame(self, q: _SourceQueue) -> None:
+        for i, old in enumerate(q.items):
+            if isinstance(old, Frame):
+                del q.items[i]
+                self.ctx.drop([old], "engine busy: oldest frame dropped")
+                return
+
+    def end(self) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> object:
+        """The next item, round-robin over sources; raises queue.Empty after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                item = self._next()
+                if item is not None:
+                    self._cond.notify_all()  # a blocked writer may have room now
+                    return item
+                if self._ended and not any(q.items for q in self._queues.values()):
+                    return END
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise queue.Empty
+                self._cond.wait(remaining)
+
+    def _next(self) -> object | None:
+        keys = list(self._queues)
+        for offset in range(len(keys)):
+            key = keys[(self._cursor + offset) % len(keys)]
+            q = self._queues[key]
+            while q.items:
+                item = q.items.popleft()
+                if isinstance(item, StreamEnd):
+                    del self._queues[key]
+                    self._cursor = (self._cursor + offset) % max(1, len(self._queues))
+                    return item
+                now = time.monotonic()
+                if q.min_interval_s and isinstance(item, Frame) and now < q.next_allowed:
+                    self.ctx.drop([item], "over the camera's max_fps")
+                    continue
+                q.next_allowed = now + q.min_interval_s
+                self._cursor = (self._cursor + offset + 1) % len(keys)
+                return item
+        return None
+
+    def depth(self) -> int:
+        with self._cond:
+            return sum(len(q.items) for q in self._queues.values())
 
 
 class Batcher(Stage):
     def __init__(
-        self, inbox: Channel[object], outbox: Channel[object], ctx: RunContext, max_batch: int, max_delay_ms: float
+        self, inbox: CameraQueues | Channel[object], outbox: Channel[object], ctx: RunContext, max_batch: int,
+        max_delay_ms: float,
     ) -> None:
         super().__init__("batcher", inbox, outbox, ctx)
         self.max_batch = max_batch

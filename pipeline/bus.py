@@ -7,11 +7,12 @@ what the last run published after it has ended.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+
+from engines import state_dir
 
 from pipeline.urls import redact_url
 
@@ -19,10 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def default_embedded_db() -> Path:
-    state = os.environ.get("RPN_STATE_DIR") or os.path.join(
-        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "rpn-pipeline"
-    )
-    return Path(state) / "redis.rdb"
+    return state_dir() / "redis.rdb"
 
 
 @dataclass

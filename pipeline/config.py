@@ -37,8 +37,11 @@ class CameraConfig(_Strict):
     name: str = Field(description="Unique camera name; used in Redis keys, logs and events.")
     url: str = Field(min_length=1, description="File path, file:, rtsp://, http(s):// URL.")
     options: dict[str, str] = Field(default_factory=dict, description="FFmpeg demuxer options.")
+    transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
     open_timeout_s: float = Field(10.0, gt=0)
-    read_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(10.0, gt=0, description="A camera silent this long is declared offline.")
+    realtime: bool = Field(False, description="Pace a file to its native frame rate, as if it were a camera.")
+    max_fps: float | None = Field(None, gt=0, description="Detect at most this many frames per second.")
 
     @field_validator("name")
     @classmethod
@@ -62,6 +65,16 @@ class EngineConfig(_Strict):
     score_threshold: float = Field(0.5, ge=0.0, le=1.0)
     threads: int | None = Field(None, ge=1, description="CPU threads for the engine (default: all cores).")
     device: str = "cpu"
+    frame_size: tuple[int, int] = Field(
+        (640, 360), description="(width, height) the accelerated engines are built for; other sizes are letterboxed."
+    )
+
+    @field_validator("frame_size")
+    @classmethod
+    def _frame_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 32 or max(value) > 8192:
+            raise ValueError("width and height must be between 32 and 8192")
+        return value
 
 
 class BatchingConfig(_Strict):
@@ -83,8 +96,19 @@ class RedisConfig(_Strict):
         return value
 
 
+class ReconnectConfig(_Strict):
+    """Backoff of live cameras: initial_s doubling up to max_s, +-jitter, reset after healthy_s online."""
+
+    initial_s: float = Field(0.5, gt=0)
+    max_s: float = Field(30.0, gt=0)
+    jitter: float = Field(0.2, ge=0, lt=1)
+    healthy_s: float = Field(10.0, ge=0)
+
+
 class RuntimeConfig(_Strict):
     queue_size: int = Field(8, ge=1, le=1024, description="Capacity of each channel between stages.")
+    live_queue_size: int = Field(2, ge=1, le=64, description="Frames a live camera may have waiting (oldest dropped).")
+    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
     drain_timeout_s: float = Field(
         3.0, ge=0.0, description="After a stop request, how long in-flight frames may drain before being dropped."
     )

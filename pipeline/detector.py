@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import time
+from collections import Counter, deque
 
 from engines.base import Detector
 from pipeline.frame import Batch, BatchResult, FrameResult
@@ -17,11 +18,14 @@ class DetectorStage(Stage):
         self.engine = engine
         self.batch_sizes: Counter[int] = Counter()  # batch size -> number of batches
         self.multi_stream_batches = 0  # batches holding frames of more than one stream
+        self.batch_latencies_s: deque[float] = deque(maxlen=10_000)  # engine time of recent batches
 
     def process(self, item: object) -> None:
         assert isinstance(item, Batch)
         images = [f.image for f in item.frames]
+        started = time.perf_counter()
         detections = self.engine.detect(images)  # type: ignore[arg-type]
+        self.batch_latencies_s.append(time.perf_counter() - started)
         if len(detections) != len(item.frames):
             raise RuntimeError(f"engine returned {len(detections)} results for {len(item.frames)} frames")
         self.batch_sizes[len(item.frames)] += 1

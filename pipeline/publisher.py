@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import redis
 
-from pipeline.events import detections_key, frame_entry
+from pipeline.events import detections_key, events_key, frame_entry
 from pipeline.frame import BatchResult
 from pipeline.stage import Channel, RunContext, Stage
 
@@ -54,3 +54,20 @@ class PublisherStage(Stage):
             self.ctx.count(result.frame.stream, "published")
             self.ctx.count(result.frame.stream, "objects", len(result.detections))
         self.counters.frames_out += len(frames)
+
+
+class EventPublisher:
+    """Writes events (camera state changes) to `<prefix>:events`; callable from any thread."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "rpn", maxlen: int = 10_000) -> None:
+        self.client = client
+        self.key = events_key(prefix)
+        self.maxlen = maxlen
+        self.failed = 0
+
+    def publish(self, fields: dict[str, str]) -> None:
+        try:
+            self.client.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)
+        except redis.RedisError as exc:
+            self.failed += 1
+            log.error("could not publish %s event of %s: %s", fields.get("type"), fields.get("camera"), exc)

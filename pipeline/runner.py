@@ -1,4 +1,8 @@
-"""Assembles the stages from a config and runs them: source -> batcher -> detector -> tracker -> publisher."""
+"""Assembles the stages from a config and runs them: source -> batcher -> detector -> tracker -> publisher.
+
+Sources can be added and removed while the pipeline runs (`add_source`, `remove_source`, `reload`); a removed
+source's thread ends and its queue, tracker state and connection are released.
+"""
 from __future__ import annotations
 
 import logging
@@ -9,12 +13,12 @@ from dataclasses import asdict, dataclass, field
 import redis
 
 from engines.base import Detector
-from pipeline.batcher import Batcher
+from pipeline.batcher import Batcher, CameraQueues
 from pipeline.config import CameraConfig, PipelineConfig
 from pipeline.detector import DetectorStage
-from pipeline.frame import END
-from pipeline.publisher import PublisherStage
-from pipeline.source import SourceSpec, VideoSource
+from pipeline.events import camera_state_event
+from pipeline.publisher import EventPublisher, PublisherStage
+from pipeline.source import Backoff, SourceSpec, VideoSource
 from pipeline.stage import Channel, RunContext, Stage
 from pipeline.tracker import TrackerStage
 
@@ -31,7 +35,11 @@ class RunReport:
 
     @property
     def failed_streams(self) -> list[str]:
-        return [name for name, s in self.streams.items() if s["state"] == "failed"]
+        """Sources that failed for good, and cameras that never delivered a frame."""
+        return [
+            name for name, s in self.streams.items()
+            if s["state"] == "failed" or (s["error"] and not s["decoded"])
+        ]
 
     @property
     def ok(self) -> bool:
@@ -55,30 +63,50 @@ class RunReport:
         return out
 
 
-class Pipeline:
-    """One run over a set of sources. Ends by itself when every source has ended, or on `request_stop`."""
+def source_spec(camera: CameraConfig, config: PipelineConfig) -> SourceSpec:
+    r = config.runtime.reconnect
+    options = dict(camera.options)
+    if camera.url.lower().startswith(("rtsp://", "rtsps://")):
+        options.setdefault("rtsp_transport", camera.transport)
+    return SourceSpec(
+        camera.name, camera.url, options, camera.open_timeout_s, camera.read_timeout_s, camera.realtime,
+        camera.max_fps, Backoff(r.initial_s, r.max_s, r.jitter, r.healthy_s),
+    )
 
-    def __init__(self, config: PipelineConfig, detector: Detector, client: redis.Redis) -> None:
+
+class Pipeline:
+    """One run over a set of sources.
+
+    With `until_sources_end` (the `run` command) it ends by itself once every source has ended; files end, live
+    cameras only when removed or stopped. `request_stop` stops everything, letting in-flight frames drain.
+    """
+
+    def __init__(
+        self, config: PipelineConfig, detector: Detector, client: redis.Redis, until_sources_end: bool = True
+    ) -> None:
         self.config = config
         self.ctx = RunContext()
+        self.until_sources_end = until_sources_end
         size = config.runtime.queue_size
-        frames: Channel[object] = Channel("frames", size)
+        self.queues = CameraQueues(self.ctx)
         batches: Channel[object] = Channel("batches", 2)
         detected: Channel[object] = Channel("detected", size)
         tracked: Channel[object] = Channel("tracked", size)
-        self.frames = frames
+        self.events = EventPublisher(client, config.redis.prefix, config.redis.maxlen)
         self.stages: list[Stage] = [
-            Batcher(frames, batches, self.ctx, config.batching.max_batch, config.batching.max_delay_ms),
+            Batcher(self.queues, batches, self.ctx, config.batching.max_batch, config.batching.max_delay_ms),
             DetectorStage(batches, detected, self.ctx, detector),
-            TrackerStage(detected, tracked, self.ctx),
+            TrackerStage(detected, tracked, self.ctx, detector.label_names, self.events.publish),
             PublisherStage(tracked, self.ctx, client, detector.label_names, config.redis.prefix, config.redis.maxlen),
         ]
         self.sources: dict[str, VideoSource] = {}
+        self._cameras: dict[str, CameraConfig] = {}
         self._lock = threading.Lock()
         self._all_added = False
         self._ended = False
         self._started_at = 0.0
         self._stop_requested = False
+        self._reloading = False
 
     def start(self) -> None:
         self._started_at = time.monotonic()
@@ -91,25 +119,85 @@ class Pipeline:
         self._end_if_idle()
 
     def add_source(self, camera: CameraConfig) -> None:
-        spec = SourceSpec(camera.name, camera.url, dict(camera.options), camera.open_timeout_s, camera.read_timeout_s)
-        source = VideoSource(spec, self.frames, self.ctx, on_finished=self._on_source_finished)
+        """Start reading a camera or file; its name must not be in use."""
+        spec = source_spec(camera, self.config)
         with self._lock:
             if camera.name in self.sources:
                 raise ValueError(f"camera {camera.name!r} already exists")
+            capacity = self.config.runtime.live_queue_size if spec.live else self.config.runtime.queue_size
+            key = self.queues.open(camera.name, capacity, drop_oldest=spec.live, max_fps=spec.max_fps)
+            source = VideoSource(
+                spec, lambda item, stop: self.queues.put(key, item, stop), self.ctx,
+                on_finished=self._on_source_finished, on_state=self._on_state,
+            )
             self.sources[camera.name] = source
+            self._cameras[camera.name] = camera
         source.start()
+
+    def remove_source(self, name: str, timeout: float = 10.0) -> bool:
+        """Stop a source and wait for its thread to end; False if it is unknown or did not end in time."""
+        with self._lock:
+            source = self.sources.get(name)
+        if source is None:
+            return False
+        source.stop()
+        source.join(timeout)
+        return not source.is_alive()
+
+    def camera_names(self) -> list[str]:
+        with self._lock:
+            return list(self.sources)
+
+    def reload(self, config: PipelineConfig) -> tuple[list[str], list[str]]:
+        """Apply a new camera list: remove cameras gone or changed, add new or changed ones. Returns (added, removed).
+
+        Engine, batching and Redis settings are fixed for the life of the pipeline; changing them needs a restart.
+        """
+        for section in ("engine", "batching", "redis"):
+            if getattr(config, section) != getattr(self.config, section):
+                log.warning("reload: %s settings changed; they take effect at the next start", section)
+        new = {c.name: c for c in config.cameras}
+        with self._lock:
+            current = dict(self._cameras)
+            self._reloading = True  # cameras come and go: the pipeline is not idle meanwhile
+        removed = [n for n, c in current.items() if n not in new or new[n] != c]
+        for name in removed:
+            self.remove_source(name)
+        added = [n for n, c in new.items() if n not in current or current[n] != c]
+        try:
+            for name in added:
+                self._wait_gone(name)
+                self.add_source(new[name])
+        finally:
+            with self._lock:
+                self._reloading = False
+            self._end_if_idle()
+        log.info("reload: %d camera(s) added %s, %d removed %s", len(added), added, len(removed), removed)
+        return added, removed
+
+    def _wait_gone(self, name: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while name in self.sources and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def _on_state(self, source: VideoSource, previous: str, state: str, reason: str | None) -> None:
+        self.events.publish(camera_state_event(source.spec.name, state, previous, reason, source.stats.source, time.time()))
 
     def _on_source_finished(self, source: VideoSource) -> None:
         with self._lock:
-            self.sources.pop(source.spec.name, None)
+            if self.sources.get(source.spec.name) is source:
+                del self.sources[source.spec.name]
+                self._cameras.pop(source.spec.name, None)
         self._end_if_idle()
 
     def _end_if_idle(self) -> None:
         with self._lock:
-            if self._ended or not self._all_added or self.sources:
+            if self._ended or not self._all_added or self.sources or self._reloading:
+                return
+            if not self.until_sources_end and not self._stop_requested:
                 return
             self._ended = True
-        self.frames.put(END)
+        self.queues.end()
 
     def request_stop(self) -> None:
         """Stop reading sources, let in-flight frames drain, and drop what is left after the drain timeout."""
@@ -118,6 +206,9 @@ class Pipeline:
         self._stop_requested = True
         log.info("stop requested: draining in-flight frames (at most %.1f s)", self.config.runtime.drain_timeout_s)
         self.ctx.stop.set()
+        for source in list(self.sources.values()):
+            source.stop()
+        self._end_if_idle()
         timer = threading.Timer(self.config.runtime.drain_timeout_s, self._force_end)
         timer.daemon = True
         timer.start()
@@ -131,7 +222,7 @@ class Pipeline:
             self._ended = True
         if stuck:
             log.warning("sources still busy after the drain timeout, abandoned: %s", ", ".join(stuck))
-        self.frames.put(END)
+        self.queues.end()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the run to end; True when it has."""

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from pipeline.frame import END, EndOfInput, Frame, StreamEnd, frames_of
 
@@ -50,6 +50,12 @@ class Channel(Generic[T]):
         return self._queue.qsize()
 
 
+class Inbox(Protocol):
+    """What a stage reads from: a Channel, or the batcher's per-camera queues."""
+
+    def get(self, timeout: float | None = None) -> object: ...
+
+
 @dataclass
 class StreamStats:
     """Per-source frame accounting: decoded == published + dropped once a run has drained."""
@@ -59,7 +65,10 @@ class StreamStats:
     published: int = 0
     dropped: int = 0
     objects: int = 0
-    state: str = "starting"  # starting -> running -> finished | failed
+    reconnects: int = 0
+    # files: starting -> running -> finished | failed | stopped;
+    # live: connecting -> online <-> offline -> stopped (| failed when retrying cannot help)
+    state: str = "starting"
     error: str | None = None
     drop_reasons: dict[str, int] = field(default_factory=dict)  # reason -> frames
 
@@ -107,7 +116,7 @@ class StageCounters:
 class Stage(threading.Thread):
     """A pipeline stage: subclasses implement `process` and may hook timeouts, stream ends and flush."""
 
-    def __init__(self, name: str, inbox: Channel[object], outbox: Channel[object] | None, ctx: RunContext) -> None:
+    def __init__(self, name: str, inbox: Inbox, outbox: Channel[object] | None, ctx: RunContext) -> None:
         super().__init__(name=name, daemon=True)
         self.inbox = inbox
         self.outbox = outbox

@@ -70,7 +70,7 @@ def test_example_config_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     for camera in config.cameras:
         assert camera.url.startswith("rtsp://")
         assert "${" not in camera.url
-        assert camera.options.get("rtsp_transport") == "tcp"
+        assert camera.transport == "tcp"
     assert {urlsplit(c.url).password for c in config.cameras} == {"cam1-secret", "cam2-secret"}
     assert config.engine.backend == "auto"
     assert config.redis.url == "redis://:redis-secret@redis:6379/0"

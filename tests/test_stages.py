@@ -1,4 +1,4 @@
-"""Stage policies in isolation, on real threads and channels: batching and identity tracking."""
+"""Stage policies in isolation, on real threads and channels: batching."""
 from __future__ import annotations
 
 import time
@@ -8,7 +8,6 @@ import numpy as np
 from pipeline.batcher import Batcher
 from pipeline.frame import END, Batch, Frame, StreamEnd
 from pipeline.stage import Channel, RunContext
-from pipeline.tracker import IoUTracker
 
 
 def _frame(stream: str, index: int) -> Frame:
@@ -61,21 +60,3 @@ def test_stream_end_never_overtakes_its_frames() -> None:
     items = _collect(outbox)
     assert isinstance(items[0], Batch) and [f.index for f in items[0].frames] == [0, 1, 2]
     assert items[1] == StreamEnd("a")
-
-
-def test_iou_tracker_keeps_identities_and_never_reuses_ids() -> None:
-    tracker = IoUTracker(iou_threshold=0.3, max_missed=2)
-    labels = np.array([1, 2], np.int64)
-    scores = np.array([0.9, 0.8], np.float32)
-    ids0 = tracker.update(np.array([[0, 0, 10, 20], [50, 50, 90, 70]], np.float32), scores, labels)
-    assert len(set(ids0.tolist())) == 2 and (ids0 > 0).all()
-    # both move a little; listed in the other order
-    ids1 = tracker.update(np.array([[52, 50, 92, 70], [1, 0, 11, 20]], np.float32), scores[::-1].copy(), labels[::-1].copy())
-    assert ids1.tolist() == ids0[::-1].tolist()
-    # a different class at the same place is a new object
-    ids2 = tracker.update(np.array([[1, 0, 11, 20]], np.float32), scores[:1], np.array([3], np.int64))
-    assert ids2[0] not in ids0
-    for _ in range(4):  # everything disappears long enough to be forgotten
-        tracker.update(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
-    ids3 = tracker.update(np.array([[0, 0, 10, 20]], np.float32), scores[:1], labels[:1])
-    assert ids3[0] > max(ids0.max(), ids2.max())
