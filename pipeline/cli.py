@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from engines import ARCHS, BACKENDS, EngineError, create_detector
+from engines.commands import HEAVY_COMMANDS, register
 from pipeline.bus import Bus, connect, default_embedded_db
 from pipeline.config import ConfigError, PipelineConfig, load_config, parse_source_arg
 from pipeline.events import detections_key
@@ -29,8 +31,9 @@ SAMPLE_VIDEO = Path(__file__).with_name("data") / "sample.mp4"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in (*HEAVY_COMMANDS, "eval-tracking")), None)
+    args = _build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -45,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_pipeline.py",
         description="Real-time video detection: decode -> batch -> RPN detector -> track -> publish to Redis.",
@@ -61,7 +64,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--source", action="append", default=[], metavar="[NAME=]PATH_OR_URL",
                      help="a video file or stream URL; repeat for more; NAME defaults to the file name")
-    run.add_argument("--config", type=Path, help="YAML config file (cameras, engine, batching, redis, runtime)")
+    run.add_argument("--config", type=Path, help="YAML config file (cameras, engine, batching, redis, runtime); "
+                     "SIGHUP re-reads its cameras: added, removed and changed ones apply without a restart")
+    run.add_argument("--realtime", action="store_true",
+                     help="pace --source files to their native frame rate, as if they were cameras")
     _add_engine_args(run)
     _add_redis_args(run)
     run.add_argument("--max-batch", type=int, help="most frames per engine batch (default 4)")
@@ -73,7 +79,8 @@ def _build_parser() -> argparse.ArgumentParser:
                           description=f"Same as `run --source {SAMPLE_VIDEO.name}` on the bundled sample video.")
     _add_engine_args(demo)
     _add_redis_args(demo)
-    demo.set_defaults(handler=cmd_demo, source=[], config=None, max_batch=None, max_delay_ms=None, summary_json=None)
+    demo.set_defaults(handler=cmd_demo, source=[], config=None, max_batch=None, max_delay_ms=None, summary_json=None,
+                      realtime=False)
 
     subscribe = sub.add_parser(
         "subscribe", help="print published frames as JSON lines",
@@ -99,6 +106,17 @@ def _build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--height", type=int, default=360)
     synth.add_argument("--fps", type=float, default=25.0)
     synth.set_defaults(handler=cmd_synth)
+
+    register(sub, command)
+    tracking = sub.add_parser(
+        "eval-tracking", help="MOTA, IDF1 and HOTA of our tracker vs ByteTrack and OC-SORT (the trackers package)",
+        description="Run detector + trackers on held-out synthetic videos with identity ground truth.",
+    )
+    if command == "eval-tracking":
+        from pipeline.track_eval import add_args, run_from_args
+
+        add_args(tracking)
+        tracking.set_defaults(handler=run_from_args)
     return parser
 
 
@@ -121,6 +139,8 @@ def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
     taken = {c.name for c in config.cameras}
     for arg in args.source:
         camera = parse_source_arg(arg, taken)
+        if args.realtime:
+            camera.realtime = True
         if camera.name in taken:
             raise ConfigError(f"--source {arg}: camera name {camera.name!r} is already used")
         taken.add(camera.name)
@@ -152,7 +172,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("error: no sources: give --source PATH_OR_URL or list cameras in --config", file=sys.stderr)
         return EXIT_USAGE
     e = config.engine
-    detector = create_detector(e.backend, e.arch, e.weights, e.score_threshold, e.threads, e.device)
+    detector = create_detector(e.backend, e.arch, e.weights, e.score_threshold, e.threads, e.device, e.frame_size,
+                               max_batch=config.batching.max_batch)
     bus = _connect_or_report(config.redis.url, config.redis.embedded_db)
     if bus is None:
         return EXIT_USAGE
@@ -162,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         pipeline = Pipeline(config, detector, bus.client)
         print(f"Publishing to Redis at {bus.display_url} (streams {detections_key(config.redis.prefix, '<camera>')})",
               file=sys.stderr)
-        _install_stop_handlers(pipeline)
+        _install_signal_handlers(pipeline, args)
         pipeline.start()
         while not pipeline.wait(timeout=0.2):
             pass
@@ -187,15 +208,26 @@ def _connect_or_report(url: str | None, embedded_db: Path | None) -> Bus | None:
         return None
 
 
-def _install_stop_handlers(pipeline: Pipeline) -> None:
-    def handle(signum: int, _frame: FrameType | None) -> None:
+def _install_signal_handlers(pipeline: Pipeline, args: argparse.Namespace) -> None:
+    def stop(signum: int, _frame: FrameType | None) -> None:
         if pipeline.ctx.stop.is_set():  # second signal: do not wait for the drain
             log.warning("second %s: dropping in-flight frames now", signal.Signals(signum).name)
             pipeline.ctx.discard.set()
         pipeline.request_stop()
 
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
+    def reload() -> None:
+        try:
+            pipeline.reload(_config_from_args(args))
+        except ConfigError as exc:
+            log.error("reload failed, keeping the current cameras: %s", exc)
+
+    def hangup(_signum: int, _frame: FrameType | None) -> None:
+        log.info("SIGHUP: re-reading %s", args.config or "the command line")
+        threading.Thread(target=reload, name="reload", daemon=True).start()  # removing cameras waits: not here
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, hangup)
 
 
 def _print_summary(report: RunReport, config: PipelineConfig, bus: Bus, detector_trained: bool) -> None:
@@ -203,10 +235,11 @@ def _print_summary(report: RunReport, config: PipelineConfig, bus: Bus, detector
     how = " (stopped on request)" if report.stop_requested else ""
     print(f"\nRun finished in {report.elapsed_s:.1f} s{how}: {report.published} frames published from "
           f"{len(streams)} source(s) at {report.fps:.1f} fps, {report.objects} objects detected.")
-    header = f"  {'camera':<20} {'state':<9} {'decoded':>8} {'published':>10} {'dropped':>8} {'objects':>8}"
-    print(header)
+    print(f"  {'camera':<20} {'state':<10} {'decoded':>8} {'published':>10} {'dropped':>8} {'objects':>8} "
+          f"{'reconnects':>10}")
     for name, s in streams.items():
-        print(f"  {name:<20} {s['state']:<9} {s['decoded']:>8} {s['published']:>10} {s['dropped']:>8} {s['objects']:>8}")
+        print(f"  {name:<20} {s['state']:<10} {s['decoded']:>8} {s['published']:>10} {s['dropped']:>8} "
+              f"{s['objects']:>8} {s['reconnects']:>10}")
     for name, s in streams.items():
         if s["error"]:
             print(f"  error: {name} ({s['source']}): {s['error']}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from pipeline.events import detections_key
+from pipeline.events import detections_key, events_key
 from tests.conftest import ROOT, run_cli
 
 
@@ -94,13 +94,25 @@ def test_config_errors_name_file_key_and_reason(tmp_path: Path) -> None:
     assert result.returncode == 2 and "no sources" in result.stderr
 
 
-def test_credentials_never_printed(tmp_path: Path, redis_url: str, prefix: str, make_video: Callable[..., Path]) -> None:
-    # A camera on a port where nothing listens: refused at once, and its password must not leak.
-    result = run_cli("run", "--source", "cam=rtsp://admin:hunter2secret@127.0.0.1:9/stream",
-                     "--source", f"ok={make_video(10, seed=6)}", "--redis-url", redis_url, "--prefix", prefix)
-    assert result.returncode == 1
-    assert "hunter2secret" not in result.stdout + result.stderr
-    assert "rtsp://admin:***@127.0.0.1:9/stream" in result.stderr
+def test_credentials_never_printed(tmp_path: Path, redis_url: str, rclient: redis.Redis, prefix: str,
+                                   make_video: Callable[..., Path]) -> None:
+    # A camera on a port where nothing listens: refused at once, retried, and its password must not leak.
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_pipeline.py"), "run", "--source",
+         "cam=rtsp://admin:hunter2secret@127.0.0.1:9/stream", "--source", f"ok={make_video(10, seed=6)}",
+         "--redis-url", redis_url, "--prefix", prefix],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    deadline = time.monotonic() + 60
+    while rclient.xlen(detections_key(prefix, "ok")) < 10:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    time.sleep(1.0)  # a few reconnection attempts
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1  # the camera never came online
+    assert "hunter2secret" not in out + err + str(rclient.xrange(events_key(prefix)))
+    assert "rtsp://admin:***@127.0.0.1:9/stream" in err
     result = run_cli("subscribe", "--redis-url", "redis://user:topsecretpw@127.0.0.1:9/0", "--timeout", "1")
     assert result.returncode == 2
     assert "topsecretpw" not in result.stdout + result.stderr and "redis://user:***@127.0.0.1:9/0" in result.stderr
@@ -120,3 +132,29 @@ def test_every_subcommand_has_help() -> None:
     for command in ([], ["run"], ["demo"], ["subscribe"]):
         result = run_cli(*command, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_detect_writes_per_frame_detections(make_video: Callable[..., Path], tmp_path: Path) -> None:
+    video = make_video(8, seed=8, width=640, height=360)
+    out = tmp_path / "dets.json"
+    result = run_cli("detect", str(video), "--backend", "onnxruntime", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["backend"] == "onnxruntime" and data["arch"] == "fasterrcnn_lite"
+    assert [f["frame"] for f in data["frames"]] == list(range(8))
+    assert sum(len(f["boxes"]) for f in data["frames"]) > 0
+    for f in data["frames"]:
+        assert len(f["boxes"]) == len(f["scores"]) == len(f["labels"])
+        assert set(f["labels"]) <= {"person", "car", "sign"}
+    assert "8 frames" in result.stdout
+    missing = run_cli("detect", str(tmp_path / "nope.mp4"))
+    assert missing.returncode == 2 and f"{tmp_path / 'nope.mp4'}: file not found" in missing.stderr
+
+
+def test_export_writes_graphs_tensorrt_can_parse(tmp_path: Path) -> None:
+    result = run_cli("export", "--out", str(tmp_path / "onnx"))
+    assert result.returncode == 0, result.stderr
+    assert "input [batch, 3, 288, 512]" in result.stdout
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert manifest["arch"] == "fasterrcnn_lite" and manifest["input_size"] == [288, 512]
+    assert manifest["label_names"] == ["__background__", "person", "car", "sign"]

@@ -1,0 +1,476 @@
+"""Tracker evaluation on held-out synthetic clips: MOTA, IDF1 and HOTA of our ByteTracker and of the `trackers`
+package's ByteTrack and OC-SORT, all fed the very same detections (``python run_pipeline.py eval-tracking``).
+
+* Clips are rendered by :mod:`engines.synth` (seeds >= 1000 are never used in training); ordinary scenes plus
+  crowded ones (``SceneSpec(max_objects=...)``), with per-object identity ground truth.
+* The detector (default: the shipped weights in ONNX Runtime) runs once per clip at a low score threshold (0.1),
+  so that the trackers' second, low-score association stage has something to work with; the detections are
+  cached on disk (keyed by weights, clip and threshold) and every tracker and condition reuses them.
+* Dropped-frame conditions keep only every k-th frame: the trackers get the kept frames with their timestamps
+  (``t / fps``) and are scored on the kept frames only.
+* Metrics: ``trackers.eval`` (a port of TrackEval's CLEAR, Identity and HOTA), per clip, aggregated over clips the
+  TrackEval way. Matching is class-aware (a box of another label never matches), with IoU >= 0.5 for CLEAR and
+  Identity. Ground-truth boxes marked ignored (< 20 % visible) are MOTChallenge "distractors": a tracker box matched
+  to one (IoU >= 0.5) is dropped before scoring, so it is neither a false nor a true positive, and missing one costs
+  nothing.
+
+``trackers`` (Apache-2.0, pulls in supervision, opencv-python and matplotlib) is needed for the metrics and the
+baselines: ``pip install trackers``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from pipeline.bytetrack import ByteTracker, iou_matrix
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEEDS = "1000-1002"
+DEFAULT_CROWD_SEEDS = "1003-1004"
+DEFAULT_CROWD_OBJECTS = 24
+DEFAULT_TRACKERS = ("ours", "bytetrack", "bytetrack-tuned", "ocsort", "ocsort-tuned")
+#: Baselines with settings tuned on training scenes (seeds 0-8, crowded 3-5; same search effort as for ours: one
+#: parameter at a time around the package defaults, then a few combinations); ``bytetrack``/``ocsort`` = defaults.
+TUNED_PARAMS: dict[str, dict[str, Any]] = {
+    "bytetrack-tuned": {"minimum_iou_threshold": 0.05, "track_activation_threshold": 0.8,
+                        "high_conf_det_threshold": 0.7},
+    "ocsort-tuned": {"minimum_iou_threshold": 0.05, "minimum_consecutive_frames": 2},
+}
+MATCH_IOU = 0.5
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Clip:
+    """Cached detections and ground truth of one rendered clip."""
+
+    name: str
+    fps: float
+    frames: int
+    crowded: bool
+    # detections, concatenated over frames; det_frame = frame index of each row
+    det_frame: np.ndarray  # int64 [D]
+    det_boxes: np.ndarray  # float32 [D, 4]
+    det_scores: np.ndarray  # float32 [D]
+    det_labels: np.ndarray  # int64 [D]
+    # ground truth, concatenated over frames
+    gt_frame: np.ndarray  # int64 [G]
+    gt_ids: np.ndarray  # int64 [G]
+    gt_boxes: np.ndarray  # float64 [G, 4]
+    gt_labels: np.ndarray  # int64 [G]
+    gt_ignored: np.ndarray  # bool [G]
+
+    def detections(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sel = self.det_frame == t
+        return self.det_boxes[sel], self.det_scores[sel], self.det_labels[sel]
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {k: v for k, v in asdict(self).items() if isinstance(v, np.ndarray)}
+        meta = np.array(json.dumps({"name": self.name, "fps": self.fps, "frames": self.frames,
+                                    "crowded": self.crowded}))
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, meta=meta, **arrays)
+        tmp.replace(path)
+
+    @staticmethod
+    def load(path: Path) -> Clip:
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            return Clip(**meta, **{k: z[k] for k in z.files if k != "meta"})
+
+
+def weights_path(weights: str | Path | None) -> Path:
+    """The weights file to evaluate: `weights`, else the shipped default weights (refusing to run untrained)."""
+    if weights is not None:
+        return Path(weights)
+    from engines import DEFAULT_ARCH
+    from engines.models import default_weights
+
+    shipped = default_weights(DEFAULT_ARCH)
+    if shipped is None:
+        raise SystemExit("no shipped detector weights found (engines/weights/); pass --weights FILE")
+    return shipped
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def build_clips(
+    seeds: Sequence[int],
+    crowd_seeds: Sequence[int],
+    *,
+    weights: str | Path | None = None,
+    frames: int = 150,
+    width: int = 640,
+    height: int = 360,
+    crowd_objects: int = DEFAULT_CROWD_OBJECTS,
+    score_threshold: float = 0.1,
+    cache_dir: Path | None = None,
+    threads: int | None = None,
+    batch: int = 4,
+) -> list[Clip]:
+    """Render each clip, run the detector over it once and cache the result (reused when present)."""
+    from engines import state_dir
+    from engines.synth import SceneSpec, render_frames
+
+    wpath = weights_path(weights)
+    cache = cache_dir or state_dir() / "track-eval"
+    digest = _file_digest(wpath)
+    detector = None
+    clips = []
+    for seed, crowded in [(s, False) for s in seeds] + [(s, True) for s in crowd_seeds]:
+        spec = SceneSpec(width=width, height=height, frames=frames,
+                         **({"max_objects": crowd_objects} if crowded else {}))
+        name = f"s{seed}{'-crowd' + str(crowd_objects) if crowded else ''}"
+        path = cache / f"{digest}-{name}-{width}x{height}-{frames}f-thr{score_threshold:g}.npz"
+        if path.is_file():
+            clips.append(Clip.load(path))
+            continue
+        if detector is None:
+            from engines import create_detector
+
+            detector = create_detector("onnxruntime", weights=wpath, score_threshold=score_threshold,
+                                       threads=threads, frame_size=(width, height))
+        t0 = time.perf_counter()
+        dets: list[tuple[int, Any]] = []
+        gts = []
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> None:
+            out = detector.detect([img for _, img in pending])  # type: ignore[union-attr]
+            dets.extend((t, d) for (t, _), d in zip(pending, out, strict=True))
+            pending.clear()
+
+        for t, (rgb, truths) in enumerate(render_frames(spec, int(seed))):
+            gts.extend((t, o) for o in truths)
+            pending.append((t, rgb))
+            if len(pending) == batch:
+                flush()
+        if pending:
+            flush()
+        clip = Clip(
+            name=name, fps=spec.fps, frames=frames, crowded=crowded,
+            det_frame=np.concatenate([np.full(len(d), t, np.int64) for t, d in dets]),
+            det_boxes=np.concatenate([d.boxes for _, d in dets]).astype(np.float32).reshape(-1, 4),
+            det_scores=np.concatenate([d.scores for _, d in dets]).astype(np.float32),
+            det_labels=np.concatenate([d.labels for _, d in dets]).astype(np.int64),
+            gt_frame=np.array([t for t, _ in gts], np.int64),
+            gt_ids=np.array([o.track_id for _, o in gts], np.int64),
+            gt_boxes=np.array([o.box for _, o in gts], np.float64).reshape(-1, 4),
+            gt_labels=np.array([o.label for _, o in gts], np.int64),
+            gt_ignored=np.array([o.ignored for _, o in gts], bool),
+        )
+        clip.save(path)
+        log.info("%s: %d frames detected in %.1f s (%d detections) -> %s", name, frames,
+                 time.perf_counter() - t0, len(clip.det_scores), path)
+        clips.append(clip)
+    if detector is not None:
+        detector.close()
+    return clips
+
+
+# --------------------------------------------------------------------------- trackers
+
+# A tracker run: called per kept frame with (boxes, scores, labels, timestamp); returns (boxes, labels, ids) of the
+# boxes it reports on confirmed tracks.
+TrackFn = Callable[[np.ndarray, np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def make_tracker(name: str, fps: float, params: dict[str, Any] | None = None) -> TrackFn:
+    """A fresh tracker for one clip: ``ours``, ``ours-agnostic`` (class_aware=False), ``bytetrack``, ``ocsort``
+    (the `trackers` package's, default settings) and ``bytetrack-tuned``, ``ocsort-tuned`` (:data:`TUNED_PARAMS`)."""
+    params = {**TUNED_PARAMS.get(name, {}), **(params or {})}
+    name = name.removesuffix("-tuned")
+    if name in ("ours", "ours-agnostic"):
+        if name == "ours-agnostic":
+            params["class_aware"] = False
+        ours = ByteTracker(frame_rate=fps, **params)
+
+        def run_ours(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                     ts: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            ids = ours.update(boxes, scores, labels, timestamp=ts)
+            keep = ids > 0
+            return boxes[keep], labels[keep], ids[keep]
+
+        return run_ours
+    import supervision as sv
+    from trackers import ByteTrackTracker, OCSORTTracker
+
+    cls = {"bytetrack": ByteTrackTracker, "ocsort": OCSORTTracker}.get(name)
+    if cls is None:
+        raise ValueError(f"unknown tracker {name!r}")
+    other = cls(frame_rate=fps, **params)
+
+    def run_other(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                  ts: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        det = sv.Detections(xyxy=boxes.astype(np.float32).reshape(-1, 4), confidence=scores.astype(np.float32),
+                            class_id=labels.astype(int))
+        out = other.update(det, timestamp=ts)
+        if len(out) == 0:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        tid = np.asarray(out.tracker_id, np.int64)
+        keep = tid >= 0
+        return out.xyxy[keep], np.asarray(out.class_id, np.int64)[keep], tid[keep]
+
+    return run_other
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class SequenceData:
+    """Per-frame ids and similarities of one clip under one condition, ready for the metric functions."""
+
+    gt_ids: list[np.ndarray] = field(default_factory=list)
+    tracker_ids: list[np.ndarray] = field(default_factory=list)
+    similarity: list[np.ndarray] = field(default_factory=list)
+
+
+def _class_iou(a: np.ndarray, la: np.ndarray, b: np.ndarray, lb: np.ndarray) -> np.ndarray:
+    iou = iou_matrix(a, b)
+    return np.where(la[:, None] == lb[None, :], iou, 0.0) if iou.size else iou
+
+
+def frame_similarity(
+    gt_boxes: np.ndarray, gt_labels: np.ndarray, gt_ignored: np.ndarray,
+    trk_boxes: np.ndarray, trk_labels: np.ndarray, trk_ids: np.ndarray, class_aware: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gt ids mask, kept tracker ids, similarity [valid gt, kept trk]) of one frame.
+
+    Tracker boxes matched (Hungarian, IoU >= 0.5) to an ignored ground-truth box are dropped (TrackEval's
+    distractor handling); ignored ground truth is left out.
+    """
+    if not class_aware:
+        gt_labels = np.zeros_like(gt_labels)
+        trk_labels = np.zeros_like(trk_labels)
+    sim_all = _class_iou(gt_boxes, gt_labels, trk_boxes, trk_labels)
+    keep = np.ones(len(trk_ids), bool)
+    if gt_ignored.any() and len(trk_ids):
+        s = np.where(sim_all >= MATCH_IOU - 1e-10, sim_all, 0.0)
+        r, c = linear_sum_assignment(-s)
+        ok = s[r, c] > 1e-10
+        r, c = r[ok], c[ok]
+        keep[c[gt_ignored[r]]] = False
+    valid = ~gt_ignored
+    return valid, keep, sim_all[np.ix_(valid, keep)]
+
+
+def run_condition(
+    clip: Clip, tracker: str, stride: int, params: dict[str, Any] | None = None, class_aware_eval: bool = True,
+) -> tuple[SequenceData, float]:
+    """Track one clip keeping every `stride`-th frame; returns the scoring data and tracker seconds per frame."""
+    track = make_tracker(tracker, clip.fps, params)
+    seq = SequenceData()
+    gt_id_map: dict[int, int] = {}
+    trk_id_map: dict[int, int] = {}
+    spent = 0.0
+    kept = range(0, clip.frames, stride)
+    for t in kept:
+        boxes, scores, labels = clip.detections(t)
+        t0 = time.perf_counter()
+        tb, tl, tid = track(boxes, scores, labels, t / clip.fps)
+        spent += time.perf_counter() - t0
+        g = clip.gt_frame == t
+        valid, keep, sim = frame_similarity(clip.gt_boxes[g], clip.gt_labels[g], clip.gt_ignored[g],
+                                            np.asarray(tb, np.float64).reshape(-1, 4), np.asarray(tl), np.asarray(tid),
+                                            class_aware_eval)
+        gids = clip.gt_ids[g][valid]
+        seq.gt_ids.append(np.array([gt_id_map.setdefault(int(i), len(gt_id_map)) for i in gids], np.intp))
+        seq.tracker_ids.append(np.array([trk_id_map.setdefault(int(i), len(trk_id_map)) for i in tid[keep]], np.intp))
+        seq.similarity.append(sim)
+    return seq, spent / max(1, len(kept))
+
+
+def idf1(seq: SequenceData, threshold: float = MATCH_IOU) -> float:
+    """IDF1 of one sequence without the `trackers` package (same definition as TrackEval's Identity metric).
+
+    Each (ground-truth id, tracker id) pair scores the frames where their boxes overlap by IoU >= threshold; the
+    one-to-one id assignment maximising that total gives IDTP, and IDF1 = 2 IDTP / (GT boxes + tracker boxes).
+    """
+    n_gt = sum(len(g) for g in seq.gt_ids)
+    n_trk = sum(len(t) for t in seq.tracker_ids)
+    if n_gt + n_trk == 0:
+        return 1.0
+    if n_gt == 0 or n_trk == 0:
+        return 0.0
+    counts = np.zeros((max(int(g.max()) for g in seq.gt_ids if len(g)) + 1,
+                       max(int(t.max()) for t in seq.tracker_ids if len(t)) + 1))
+    for g, t, sim in zip(seq.gt_ids, seq.tracker_ids, seq.similarity, strict=True):
+        gi, ti = np.nonzero(sim >= threshold - 1e-10)
+        np.add.at(counts, (g[gi], t[ti]), 1.0)
+    r, c = linear_sum_assignment(-counts)
+    return float(2.0 * counts[r, c].sum() / (n_gt + n_trk))
+
+
+@dataclass
+class Score:
+    tracker: str
+    condition: str
+    MOTA: float
+    IDF1: float
+    HOTA: float
+    IDSW: int
+    FP: int
+    FN: int
+    ms_per_frame: float
+
+    def row(self) -> str:
+        return (f"| {self.tracker} | {self.condition} | {100 * self.MOTA:.1f} | {100 * self.IDF1:.1f} | "
+                f"{100 * self.HOTA:.1f} | {self.IDSW} | {self.FP} | {self.FN} | {self.ms_per_frame:.2f} |")
+
+
+TABLE_HEADER = ("| tracker | condition | MOTA | IDF1 | HOTA | ID switches | FP | FN | ms/frame |\n"
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def score(
+    clips: Sequence[Clip], tracker: str, stride: int, condition: str, params: dict[str, Any] | None = None,
+    class_aware_eval: bool = True,
+) -> Score:
+    """Run `tracker` on every clip at `stride` and aggregate CLEAR / Identity / HOTA over the clips."""
+    from trackers.eval import (
+        aggregate_clear_metrics,
+        aggregate_hota_metrics,
+        aggregate_identity_metrics,
+        compute_clear_metrics,
+        compute_hota_metrics,
+        compute_identity_metrics,
+    )
+
+    clear, ident, hota, ms = [], [], [], []
+    for clip in clips:
+        seq, spf = run_condition(clip, tracker, stride, params, class_aware_eval)
+        clear.append(compute_clear_metrics(seq.gt_ids, seq.tracker_ids, seq.similarity, threshold=MATCH_IOU))
+        ident.append(compute_identity_metrics(seq.gt_ids, seq.tracker_ids, seq.similarity, threshold=MATCH_IOU))
+        hota.append(compute_hota_metrics(seq.gt_ids, seq.tracker_ids, seq.similarity))
+        ms.append(spf * 1e3)
+    c = aggregate_clear_metrics(clear)
+    i = aggregate_identity_metrics(ident)
+    h = aggregate_hota_metrics(hota)
+    return Score(tracker, condition, float(c["MOTA"]), float(i["IDF1"]), float(h["HOTA"]), int(c["IDSW"]),
+                 int(c["CLR_FP"]), int(c["CLR_FN"]), float(np.mean(ms)))
+
+
+def evaluate(
+    clips: Sequence[Clip], trackers: Sequence[str] = DEFAULT_TRACKERS, strides: Sequence[int] = (1, 2, 3),
+    crowd_strides: Sequence[int] = (1,), params: dict[str, dict[str, Any]] | None = None,
+    class_aware_eval: bool = True,
+) -> list[Score]:
+    """Scores of each tracker x condition: ordinary clips at each stride, crowded clips at each crowd stride."""
+    params = params or {}
+    normal = [c for c in clips if not c.crowded]
+    crowded = [c for c in clips if c.crowded]
+    conditions: list[tuple[str, list[Clip], int]] = []
+    for k in strides:
+        if normal:
+            conditions.append(("all frames" if k == 1 else f"1 in {k} frames", normal, k))
+    for k in crowd_strides:
+        if crowded:
+            conditions.append(("crowded" if k == 1 else f"crowded, 1 in {k} frames", crowded, k))
+    out = []
+    for cond, cl, k in conditions:
+        for name in trackers:
+            out.append(score(cl, name, k, cond, params.get(name), class_aware_eval))
+    return out
+
+
+def table(scores: Sequence[Score]) -> str:
+    return "\n".join([TABLE_HEADER, *(s.row() for s in scores)])
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _seeds(text: str) -> list[int]:
+    from engines.dataset import parse_seeds
+
+    return parse_seeds(text) if text.strip() else []
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    """Options of `eval-tracking`."""
+    p.add_argument("--seeds", default=DEFAULT_SEEDS,
+                   help=f"ordinary held-out scene seeds, e.g. 1000-1002 or 1000,1005 (default {DEFAULT_SEEDS})")
+    p.add_argument("--crowd-seeds", default=DEFAULT_CROWD_SEEDS,
+                   help=f"crowded scene seeds ('' for none; default {DEFAULT_CROWD_SEEDS})")
+    p.add_argument("--crowd-objects", type=int, default=DEFAULT_CROWD_OBJECTS,
+                   help=f"objects in view in crowded scenes (SceneSpec.max_objects; default {DEFAULT_CROWD_OBJECTS})")
+    p.add_argument("--frames", type=int, default=150, help="frames per clip (default 150, at 25 fps)")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                   help="detector weights (default: the shipped fasterrcnn_lite weights)")
+    p.add_argument("--score-threshold", type=float, default=0.1,
+                   help="detector score threshold (default 0.1: low-score boxes feed the second association)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
+    p.add_argument("--strides", default="1,2,3",
+                   help="keep every k-th frame of the ordinary clips, for each k (default 1,2,3)")
+    p.add_argument("--crowd-strides", default="1", help="same for the crowded clips (default 1)")
+    p.add_argument("--trackers", default=",".join(DEFAULT_TRACKERS),
+                   help="comma-separated: ours, ours-agnostic, bytetrack[-tuned], ocsort[-tuned] (default %(default)s)")
+    p.add_argument("--class-agnostic-eval", action="store_true",
+                   help="match tracker boxes to ground truth regardless of label")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where detections are cached (default: $RPN_STATE_DIR/track-eval)")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the scores as JSON")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    try:
+        import trackers  # noqa: F401
+    except ImportError:
+        print("eval-tracking needs the `trackers` package (metrics and baselines): pip install -e ".[eval]"",
+              file=sys.stderr)
+        return 2
+    clips = build_clips(
+        _seeds(args.seeds), _seeds(args.crowd_seeds), weights=args.weights, frames=args.frames, width=args.width,
+        height=args.height, crowd_objects=args.crowd_objects, score_threshold=args.score_threshold,
+        cache_dir=args.cache_dir, threads=args.threads,
+    )
+    names = [n.strip() for n in args.trackers.split(",") if n.strip()]
+    scores = evaluate(clips, names, _ints(args.strides), _ints(args.crowd_strides),
+                      class_aware_eval=not args.class_agnostic_eval)
+    n_normal = sum(not c.crowded for c in clips)
+    print(f"Tracking on {n_normal} ordinary + {len(clips) - n_normal} crowded held-out clips "
+          f"({args.frames} frames, {args.width}x{args.height}, detector score >= {args.score_threshold:g}); "
+          "MOTA / IDF1 / HOTA in %:\n")
+    print(table(scores))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(s) for s in scores], indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="eval-tracking", description=__doc__.split("\n\n")[0])
+    add_args(p)
+    return run_from_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
