@@ -19,6 +19,9 @@ def _session(path: str, threads: int | None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.inter_op_num_threads = 1
+    # Between runs, torchvision ops (proposals, RoIAlign, NMS) need the cores: ONNX Runtime's threads must not
+    # keep spinning on them, waiting for the next run.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

@@ -3,6 +3,9 @@
 Its inbox, `CameraQueues`, holds one small queue per source and serves them round-robin, so no camera starves
 and a slow or dead one never holds a batch back. A batch is sent when it holds `max_batch` frames, or `max_delay_ms`
 after its first frame arrived, whichever comes first.
+
+The batcher starts a batch only when the engine asks for one (`demand`): frames wait in the camera queues, where
+live ones are replaced by fresher ones, instead of ageing in batches built ahead of the engine.
 """
 from __future__ import annotations
 
@@ -122,13 +125,22 @@ class CameraQueues:
 class Batcher(Stage):
     def __init__(
         self, inbox: CameraQueues | Channel[object], outbox: Channel[object], ctx: RunContext, max_batch: int,
-        max_delay_ms: float,
+        max_delay_ms: float, pull: bool = False,
     ) -> None:
         super().__init__("batcher", inbox, outbox, ctx)
         self.max_batch = max_batch
         self.max_delay_s = max_delay_ms / 1000.0
         self._pending: list[Frame] = []
         self._deadline = 0.0
+        #: With `pull`, set by the engine's stage each time it is ready for the next batch.
+        self.demand = threading.Event() if pull else None
+        self._has_demand = False
+
+    def before_get(self) -> None:
+        if self.demand is not None and not self._pending and not self._has_demand:
+            self.demand.wait()
+            self.demand.clear()
+            self._has_demand = True
 
     def process(self, item: object) -> None:
         assert isinstance(item, Frame)
@@ -153,4 +165,5 @@ class Batcher(Stage):
     def flush(self) -> None:
         if self._pending:
             batch, self._pending = Batch(self._pending), []
+            self._has_demand = False
             self.emit(batch)

@@ -38,8 +38,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torchvision.ops import box_iou
 from scipy.optimize import linear_sum_assignment
 
 __all__ = ["ByteTracker", "TrackEnd", "TrackStart", "iou_matrix"]
@@ -75,12 +73,21 @@ class TrackEnd:
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of boxes ``a`` [N, 4] and ``b`` [M, 4] (x1, y1, x2, y2) -> [N, M] float64 (torchvision's box_iou)."""
+    """Pairwise IoU of boxes ``a`` [N, 4] and ``b`` [M, 4] (x1, y1, x2, y2) -> [N, M] float64.
+
+    The same formula as torchvision's ``box_iou``, in numpy: called a few times per update, torch's dispatch and
+    tensor wrapping cost about 150 us a call here, a third of the tracker's 1 ms budget at 50 objects.
+    """
     a = np.asarray(a, np.float64).reshape(-1, 4)
     b = np.asarray(b, np.float64).reshape(-1, 4)
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    return box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(iw, 0.0, None) * np.clip(ih, 0.0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def _ioa_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

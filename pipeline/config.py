@@ -107,7 +107,7 @@ class ReconnectConfig(_Strict):
 
 class RuntimeConfig(_Strict):
     queue_size: int = Field(8, ge=1, le=1024, description="Capacity of each channel between stages.")
-    live_queue_size: int = Field(2, ge=1, le=64, description="Frames a live camera may have waiting (oldest dropped).")
+    live_queue_size: int = Field(2, ge=1, le=100_000, description="Frames a live camera may have waiting (oldest dropped).")
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
     drain_timeout_s: float = Field(
         3.0, ge=0.0, description="After a stop request, how long in-flight frames may drain before being dropped."

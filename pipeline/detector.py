@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter, deque
 
@@ -13,12 +14,20 @@ log = logging.getLogger(__name__)
 
 
 class DetectorStage(Stage):
-    def __init__(self, inbox: Channel[object], outbox: Channel[object], ctx: RunContext, engine: Detector) -> None:
+    def __init__(
+        self, inbox: Channel[object], outbox: Channel[object], ctx: RunContext, engine: Detector,
+        demand: threading.Event | None = None,
+    ) -> None:
         super().__init__("detector", inbox, outbox, ctx)
         self.engine = engine
+        self.demand = demand  # the batcher's: ask for a batch only when about to run one
         self.batch_sizes: Counter[int] = Counter()  # batch size -> number of batches
         self.multi_stream_batches = 0  # batches holding frames of more than one stream
         self.batch_latencies_s: deque[float] = deque(maxlen=10_000)  # engine time of recent batches
+
+    def before_get(self) -> None:
+        if self.demand is not None:
+            self.demand.set()
 
     def process(self, item: object) -> None:
         assert isinstance(item, Batch)

@@ -89,13 +89,15 @@ class Pipeline:
         self.until_sources_end = until_sources_end
         size = config.runtime.queue_size
         self.queues = CameraQueues(self.ctx)
-        batches: Channel[object] = Channel("batches", 2)
+        batches: Channel[object] = Channel("batches", 1)  # the batcher builds a batch when the engine asks
         detected: Channel[object] = Channel("detected", size)
         tracked: Channel[object] = Channel("tracked", size)
         self.events = EventPublisher(client, config.redis.prefix, config.redis.maxlen)
+        batcher = Batcher(self.queues, batches, self.ctx, config.batching.max_batch, config.batching.max_delay_ms,
+                          pull=True)
         self.stages: list[Stage] = [
-            Batcher(self.queues, batches, self.ctx, config.batching.max_batch, config.batching.max_delay_ms),
-            DetectorStage(batches, detected, self.ctx, detector),
+            batcher,
+            DetectorStage(batches, detected, self.ctx, detector, batcher.demand),
             TrackerStage(detected, tracked, self.ctx, detector.label_names, self.events.publish),
             PublisherStage(tracked, self.ctx, client, detector.label_names, config.redis.prefix, config.redis.maxlen),
         ]

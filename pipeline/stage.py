@@ -128,6 +128,9 @@ class Stage(threading.Thread):
     def process(self, item: object) -> None:
         raise NotImplementedError
 
+    def before_get(self) -> None:
+        """Called before each read of the inbox."""
+
     def wait_timeout(self) -> float | None:
         """How long to wait for the next item before `on_timeout` (None: forever)."""
         return None
@@ -159,6 +162,7 @@ class Stage(threading.Thread):
 
     def run(self) -> None:
         while True:
+            self.before_get()
             try:
                 item = self.inbox.get(timeout=self.wait_timeout())
             except queue.Empty:

@@ -444,7 +444,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         import trackers  # noqa: F401
     except ImportError:
-        print("eval-tracking needs the `trackers` package (metrics and baselines): pip install -e ".[eval]"",
+        print("eval-tracking needs the `trackers` package (metrics and baselines): pip install -e '.[eval]'",
               file=sys.stderr)
         return 2
     clips = build_clips(

@@ -96,7 +96,7 @@ def test_bad_camera_urls_give_clear_errors_and_retries_while_a_file_completes(
     assert s["scheme"]["state"] == "failed" and s["scheme"]["error"] == "unsupported URL scheme 'madeup'"
     assert s["scheme"]["reconnects"] == 0  # retrying cannot help
     assert set(report.failed_streams) == {"nohost", "refused", "scheme"}
-    events = [f for _, f in rclient.xrange(events_key(prefix))]
+    events = [f for _, f in rclient.xrange(events_key(prefix)) if f["type"] == "camera_state"]
     refused = [(e["previous"], e["state"]) for e in events if e["camera"] == "refused"]
     assert refused[:2] == [("starting", "connecting"), ("connecting", "offline")]
     assert ("offline", "offline") not in refused and len(refused) <= 3  # retries do not flood the events stream

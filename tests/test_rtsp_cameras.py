@@ -43,7 +43,8 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 def camera_events(client: redis.Redis, prefix: str, camera: str) -> list[tuple[str, str]]:
-    return [(f["previous"], f["state"]) for _, f in client.xrange(events_key(prefix)) if f["camera"] == camera]
+    return [(f["previous"], f["state"]) for _, f in client.xrange(events_key(prefix))
+            if f["type"] == "camera_state" and f["camera"] == camera]
 
 
 def test_camera_outages_reconnect_with_one_event_pair_each_while_others_continue(
