@@ -119,7 +119,7 @@ def test_hung_camera_is_noticed_within_its_read_timeout_and_recovers(
         wait_for(lambda: stats["hung"].state == "online" and stats["hung"].published > seen, 20, "recovery")
         pipeline.request_stop()
         assert pipeline.wait(timeout=30)
-    assert noticed <= 2.0 + 0.5, f"stall noticed after {noticed:.1f} s"
+    assert noticed <= 2.0, f"stall noticed after {noticed:.2f} s, read timeout 2 s"
     assert camera_events(rclient, prefix, "hung")[-2:] == [("online", "offline"), ("offline", "online")]
 
 
@@ -213,3 +213,22 @@ def test_camera_password_is_used_but_never_shown(camera_file: Path, redis_url: s
     assert "rtsp://viewer:***@127.0.0.1" in err
     assert "door" in err and "Unauthorized" in err
     assert proc.returncode == 1  # door never came online
+
+
+def test_wrong_path_is_retried_with_a_clear_error(camera_file: Path, detector: Detector, rclient: redis.Redis,
+                                                  prefix: str) -> None:
+    with RtspServer({"/cam": camera_file}) as server:
+        config = load_config(data={
+            "cameras": [{"name": "typo", "url": server.url("/no-such-mount")},
+                        {"name": "ok", "url": server.url("/cam")}],
+            "redis": {"prefix": prefix},
+            "runtime": {"reconnect": FAST_RECONNECT},
+        })
+        pipeline = Pipeline(config, detector, rclient, until_sources_end=False)
+        pipeline.start()
+        stats = pipeline.ctx.streams
+        wait_for(lambda: stats["typo"].reconnects >= 2 and stats["ok"].published > 10, 30, "retries and frames")
+        pipeline.request_stop()
+        assert pipeline.wait(timeout=30)
+    assert stats["typo"].error is not None and stats["typo"].error.startswith("cannot open:")
+    assert stats["typo"].state == "stopped" and stats["typo"].decoded == 0
