@@ -87,10 +87,10 @@ def register(sub: argparse._SubParsersAction, command: str | None) -> None:  # t
         add_train_args(train)
         train.set_defaults(handler=train_from_args)
     if command == "eval":
-        from engines.evaluate import add_eval_args, eval_from_args
+        from engines.evaluate import add_eval_args
 
         add_eval_args(evaluate)
-        evaluate.set_defaults(handler=eval_from_args)
+        evaluate.set_defaults(handler=cmd_eval)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -133,6 +133,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
               f"({len(frames_out) / elapsed:.1f} frames/s, {detector.backend}); wrote {args.json}")
     else:
         print(text)
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from engines.evaluate import eval_report
+
+    print(eval_report(args))
     return EXIT_OK
 
 

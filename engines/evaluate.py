@@ -353,8 +353,8 @@ def checkpoint_arch(path: str | Path) -> str | None:
     return obj.get("arch") if isinstance(obj, dict) and isinstance(obj.get("arch"), str) else None
 
 
-def eval_from_args(args: argparse.Namespace) -> int:
-    """`python run_pipeline.py eval ...`: print a score table; exit 0."""
+def eval_report(args: argparse.Namespace) -> str:
+    """`python run_pipeline.py eval ...`: score the model; returns the report (and writes --json)."""
     from engines import DEFAULT_ARCH
     from engines.models import build_model
 
@@ -374,9 +374,7 @@ def eval_from_args(args: argparse.Namespace) -> int:
         result = evaluate_synth(loaded.model, seeds, args.width, args.height, args.frames, args.every,
                                 encode=not args.raw, workdir=args.keep_videos, label_names=loaded.label_names,
                                 batch_size=args.batch_size, progress=sys.stderr.isatty())
-    print(f"Evaluation of {args.weights} ({arch}) on {what}, {result.seconds:.1f} s:")
-    print(result.table())
     if args.json:
         args.json.write_text(json.dumps({"weights": str(args.weights), "arch": arch, "data": what,
                                          **result.to_dict()}, indent=2))
-    return 0
+    return f"Evaluation of {args.weights} ({arch}) on {what}, {result.seconds:.1f} s:\n{result.table()}"

@@ -320,7 +320,7 @@ def _sign_sprite(w: int, h: int, rng: np.random.Generator) -> _Sprite:
     style = int(rng.integers(4))
     plate = _rrect(y, x, 0.0, 0.0, w, h, 0.12 * s)
     inner = _rrect(y, x, bw, bw, w - bw, h - bw, 0.08 * s)
-    cx, cy = w / 2, h / 2
+    cx = w / 2
     if style == 0:  # red border, white field, black bar
         layers = [(plate, np.array((210, 20, 30), np.float32)), (inner, white),
                   (_rrect(y, x, 0.25 * w, 0.42 * h, 0.75 * w, 0.58 * h, 0.0), black)]

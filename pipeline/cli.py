@@ -113,10 +113,10 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Run detector + trackers on held-out synthetic videos with identity ground truth.",
     )
     if command == "eval-tracking":
-        from pipeline.track_eval import add_args, run_from_args
+        from pipeline.track_eval import add_args
 
         add_args(tracking)
-        tracking.set_defaults(handler=run_from_args)
+        tracking.set_defaults(handler=cmd_eval_tracking)
     return parser
 
 
@@ -299,4 +299,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
     write_coco([truth], args.out / f"{name}.coco.json")
     print(f"Wrote {truth.path} ({spec.frames} frames {spec.width}x{spec.height}, {len(truth.track_ids())} objects), "
           f"{name}.gt.txt and {name}.coco.json")
+    return EXIT_OK
+
+
+def cmd_eval_tracking(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from pipeline.track_eval import report_from_args
+
+    if importlib.util.find_spec("trackers") is None:
+        print("error: eval-tracking needs the `trackers` package (metrics and baselines): pip install -e '.[eval]'",
+              file=sys.stderr)
+        return EXIT_USAGE
+    print(report_from_args(args))
     return EXIT_OK

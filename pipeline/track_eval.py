@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -440,13 +439,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the scores as JSON")
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    try:
-        import trackers  # noqa: F401
-    except ImportError:
-        print("eval-tracking needs the `trackers` package (metrics and baselines): pip install -e '.[eval]'",
-              file=sys.stderr)
-        return 2
+def report_from_args(args: argparse.Namespace) -> str:
+    """`python run_pipeline.py eval-tracking ...`: run the comparison; returns the report (and writes --json)."""
     clips = build_clips(
         _seeds(args.seeds), _seeds(args.crowd_seeds), weights=args.weights, frames=args.frames, width=args.width,
         height=args.height, crowd_objects=args.crowd_objects, score_threshold=args.score_threshold,
@@ -456,21 +450,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     scores = evaluate(clips, names, _ints(args.strides), _ints(args.crowd_strides),
                       class_aware_eval=not args.class_agnostic_eval)
     n_normal = sum(not c.crowded for c in clips)
-    print(f"Tracking on {n_normal} ordinary + {len(clips) - n_normal} crowded held-out clips "
-          f"({args.frames} frames, {args.width}x{args.height}, detector score >= {args.score_threshold:g}); "
-          "MOTA / IDF1 / HOTA in %:\n")
-    print(table(scores))
     if args.json:
         args.json.write_text(json.dumps([asdict(s) for s in scores], indent=2))
-    return 0
+    return (f"Tracking on {n_normal} ordinary + {len(clips) - n_normal} crowded held-out clips "
+            f"({args.frames} frames, {args.width}x{args.height}, detector score >= {args.score_threshold:g}); "
+            f"MOTA / IDF1 / HOTA in %:\n\n{table(scores)}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    p = argparse.ArgumentParser(prog="eval-tracking", description=__doc__.split("\n\n")[0])
-    add_args(p)
-    return run_from_args(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
