@@ -117,10 +117,6 @@ class CameraQueues:
                 return item
         return None
 
-    def depth(self) -> int:
-        with self._cond:
-            return sum(len(q.items) for q in self._queues.values())
-
 
 class Batcher(Stage):
     def __init__(

@@ -4,7 +4,7 @@
 cameras:
   - name: lobby
     url: rtsp://user:pass@10.0.0.5/stream1
-    options: {rtsp_transport: tcp}
+    transport: tcp
 engine: {backend: auto, arch: fasterrcnn_lite, weights: null, score_threshold: 0.5}
 batching: {max_batch: 4, max_delay_ms: 20}
 redis: {url: null, prefix: rpn, maxlen: 10000}

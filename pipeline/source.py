@@ -59,7 +59,8 @@ class Backoff:
 class SourceSpec:
     name: str
     url: str
-    options: dict[str, str] = field(default_factory=dict)  # FFmpeg demuxer options, e.g. rtsp_transport
+    options: dict[str, str] = field(default_factory=dict)  # extra FFmpeg demuxer options; they win
+    transport: str = "tcp"  # RTSP transport: tcp or udp
     open_timeout_s: float = 10.0
     read_timeout_s: float = 10.0  # a live source that delivers nothing for this long is declared offline
     realtime: bool = False  # pace a file to its native frame rate (it then stands in for a camera)
@@ -82,7 +83,7 @@ def demuxer_options(spec: SourceSpec) -> tuple[str | None, dict[str, str]]:
     options: dict[str, str] = {}
     fmt = None
     if scheme in ("rtsp", "rtsps"):
-        options = {"rtsp_transport": "tcp", "timeout": str(int(spec.read_timeout_s * 1e6))}
+        options = {"rtsp_transport": spec.transport, "timeout": str(int(spec.read_timeout_s * 1e6))}
     if not spec.is_file:
         options.update(analyzeduration="500000", probesize="500000")
     if spec.url.startswith("/dev/video"):

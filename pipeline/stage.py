@@ -46,9 +46,6 @@ class Channel(Generic[T]):
         """Next item; raises queue.Empty after `timeout` seconds."""
         return self._queue.get(timeout=timeout)
 
-    def depth(self) -> int:
-        return self._queue.qsize()
-
 
 class Inbox(Protocol):
     """What a stage reads from: a Channel, or the batcher's per-camera queues."""
