@@ -115,7 +115,7 @@ class VideoSource(threading.Thread):
 
     @property
     def label(self) -> str:
-        return f"source {self.spec.name!r} ({self.stats.source})"
+        return f"camera {self.spec.name!r} ({self.stats.source})"
 
     def stopping(self) -> bool:
         return self.stop_event.is_set() or self.ctx.stop.is_set()
@@ -202,11 +202,7 @@ class VideoSource(threading.Thread):
     def _open(self) -> av.container.InputContainer:
         url = self.spec.url
         if self.spec.is_file:
-            path = Path(url.removeprefix("file:"))
-            if not path.exists():
-                raise PermanentSourceError("file not found")
-            if not path.is_file():
-                raise PermanentSourceError("not a regular file")
+            _check_file(Path(url.removeprefix("file:")))
         fmt, options = demuxer_options(self.spec)
         # PyAV's read timeout fires after up to twice its value (measured: 2 x 1 s -> error at 2.0 s): give it a
         # third of ours, so a stalled camera is noticed within read_timeout_s.
@@ -279,6 +275,41 @@ class VideoSource(threading.Thread):
                     f"truncated or corrupt: video ends at {pts:.2f} s of the {declared_s:.2f} s its header declares"
                 )
         return first_at
+
+
+def check_source(spec: SourceSpec) -> None:
+    """The checks that need no connection to the camera, for refusing a bad camera up front (the HTTP API).
+
+    Raises PermanentSourceError (missing file or device, a URL scheme FFmpeg cannot read) or SourceError (unknown
+    host). A camera that passes may still be offline: it is then retried like any other.
+    """
+    if spec.is_file:
+        _check_file(Path(spec.url.removeprefix("file:")))
+        return
+    if "://" not in spec.url:  # a device such as /dev/video0
+        if not Path(spec.url).exists():
+            raise PermanentSourceError("device not found")
+        return
+    _check_scheme(spec.url)
+    _check_host(spec.url)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise PermanentSourceError("file not found")
+    if not path.is_file():
+        raise PermanentSourceError("not a regular file")
+
+
+def _check_scheme(url: str) -> None:
+    """Ask FFmpeg itself whether it reads this scheme, without connecting: with a protocol whitelist that allows
+    nothing, a known protocol fails at once with EINVAL and an unknown one with ProtocolNotFoundError."""
+    try:
+        av.open(url, options={"protocol_whitelist": "none"}, timeout=(1.0, 1.0)).close()
+    except av.error.ProtocolNotFoundError as exc:
+        raise PermanentSourceError(f"unsupported URL scheme {urlsplit(url).scheme!r}") from exc
+    except (av.FFmpegError, OSError):
+        pass  # known to FFmpeg, refused by the whitelist: fine
 
 
 def _check_host(url: str) -> None:

@@ -46,11 +46,17 @@ class Channel(Generic[T]):
         """Next item; raises queue.Empty after `timeout` seconds."""
         return self._queue.get(timeout=timeout)
 
+    def depth(self) -> int:
+        """Items waiting (approximate: for metrics)."""
+        return self._queue.qsize()
+
 
 class Inbox(Protocol):
     """What a stage reads from: a Channel, or the batcher's per-camera queues."""
 
     def get(self, timeout: float | None = None) -> object: ...
+
+    def depth(self) -> int: ...
 
 
 @dataclass
@@ -194,4 +200,4 @@ class Stage(threading.Thread):
 
 
 def _streams(frames: list[Frame]) -> str:
-    return ", ".join(sorted({f.stream for f in frames})) or "-"
+    return ", ".join(f"camera {name!r}" for name in sorted({f.stream for f in frames})) or "-"

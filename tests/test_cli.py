@@ -36,10 +36,10 @@ def test_bad_inputs_fail_clearly_while_other_sources_complete(
     )
     assert result.returncode == 1, result.stderr
     err = result.stderr
-    assert f"source 'missing' ({tmp_path / 'nope.mp4'}): file not found" in err
-    assert f"source 'notvideo' ({not_video}): not a readable video" in err
-    assert f"source 'truncated' ({truncated}): not a readable video" in err
-    assert f"source 'cutmkv' ({cut_mkv}): truncated or corrupt" in err
+    assert f"camera 'missing' ({tmp_path / 'nope.mp4'}): file not found" in err
+    assert f"camera 'notvideo' ({not_video}): not a readable video" in err
+    assert f"camera 'truncated' ({truncated}): not a readable video" in err
+    assert f"camera 'cutmkv' ({cut_mkv}): truncated or corrupt" in err
     summary = json.loads((tmp_path / "summary.json").read_text())
     streams = summary["streams"]
     assert streams["good"]["state"] == "finished" and streams["good"]["published"] == 25
