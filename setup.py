@@ -28,6 +28,8 @@ setup(
         "onnx>=1.16",
         "onnxruntime>=1.18",
         "pycocotools>=2.0.7",
+        "prometheus-client>=0.20",  # pipeline/metrics.py
+        "Pillow>=10",  # JPEG for the live view
     ],
     extras_require={
         "tensorrt": ["tensorrt>=10,<11"],

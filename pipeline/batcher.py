@@ -76,6 +76,16 @@ class CameraQueues:
                 self.ctx.drop([old], "engine busy: oldest frame dropped")
                 return
 
+    def depth(self) -> int:
+        """Frames waiting in all queues (for metrics)."""
+        with self._cond:
+            return sum(len(q.items) for q in self._queues.values())
+
+    def depths(self) -> dict[str, int]:
+        """Frames waiting per source (for metrics)."""
+        with self._cond:
+            return {q.name: len(q.items) for q in self._queues.values()}
+
     def end(self) -> None:
         with self._cond:
             self._ended = True

@@ -8,17 +8,19 @@ cameras:
 engine: {backend: auto, arch: fasterrcnn_lite, weights: null, score_threshold: 0.5}
 batching: {max_batch: 4, max_delay_ms: 20}
 redis: {url: null, prefix: rpn, maxlen: 10000}
+server: {host: 127.0.0.1, port: 8080}   # HTTP API, metrics, live view (docs/api.md); token: env RPN_API_TOKEN
 ```
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from engines import ARCHS, BACKENDS, DEFAULT_ARCH
 
@@ -114,12 +116,45 @@ class RuntimeConfig(_Strict):
     )
 
 
+class ServerConfig(_Strict):
+    """The HTTP API, Prometheus metrics and live web view (docs/api.md). Off unless `port` is set."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="Address to bind; other than loopback needs a token.")
+    port: int | None = Field(None, ge=0, le=65535, description="null: no HTTP server; 0: any free port (logged).")
+    token: SecretStr | None = Field(
+        None, description="Bearer token required on every endpoint but /healthz and /; env RPN_API_TOKEN overrides."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.port is not None
+
+    @property
+    def loopback(self) -> bool:
+        """True when only this machine can connect (127.0.0.0/8, ::1 or localhost)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False  # a host name: it may resolve to any interface
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ServerConfig:
+        # Anyone who can reach the port could add cameras (URLs the process then opens) or read every camera.
+        if self.enabled and not self.loopback and not (self.token and self.token.get_secret_value()):
+            raise ValueError(f"binding the HTTP server to {self.host} (not loopback) needs a token "
+                             "(server.token, RPN_API_TOKEN or --api-token)")
+        return self
+
+
 class PipelineConfig(_Strict):
     cameras: list[CameraConfig] = Field(default_factory=list)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> PipelineConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import redis
 
@@ -12,6 +13,20 @@ from pipeline.frame import BatchResult
 from pipeline.stage import Channel, RunContext, Stage
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PublisherStats:
+    """The publisher's health, for /readyz and /metrics (this publisher keeps no buffer: buffered and max are 0)."""
+
+    connected: bool
+    buffered_entries: int
+    buffered_bytes: int
+    max_entries: int
+    max_bytes: int
+    delivered_entries: int
+    dropped_entries: int
+    errors: int
 
 
 class PublisherStage(Stage):
@@ -30,6 +45,13 @@ class PublisherStage(Stage):
         self.prefix = prefix
         self.maxlen = maxlen
         self._failing = False
+        self._errors = 0
+
+    def stats(self) -> PublisherStats:
+        return PublisherStats(
+            connected=not self._failing, buffered_entries=0, buffered_bytes=0, max_entries=0, max_bytes=0,
+            delivered_entries=self.counters.frames_out, dropped_entries=self.counters.dropped, errors=self._errors,
+        )
 
     def process(self, item: object) -> None:
         assert isinstance(item, BatchResult)
@@ -42,6 +64,7 @@ class PublisherStage(Stage):
         try:
             pipe.execute()
         except redis.RedisError as exc:
+            self._errors += 1
             if not self._failing:
                 log.error("publisher: Redis unavailable (%s); dropping frames until it is back", exc)
             self._failing = True

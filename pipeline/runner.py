@@ -2,6 +2,9 @@
 
 Sources can be added and removed while the pipeline runs (`add_source`, `remove_source`, `reload`); a removed
 source's thread ends and its queue, tracker state and connection are released.
+
+A view stage between tracker and publisher keeps each camera's latest frame for the HTTP server's live view
+(pipeline/view.py) and, with `annotated_dir`, feeds the annotated video writer. Metrics: `self.metrics`.
 """
 from __future__ import annotations
 
@@ -9,18 +12,22 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import redis
 
 from engines.base import Detector
+from pipeline.annotate import AnnotatedVideoWriter
 from pipeline.batcher import Batcher, CameraQueues
 from pipeline.config import CameraConfig, PipelineConfig
 from pipeline.detector import DetectorStage
 from pipeline.events import camera_state_event
-from pipeline.publisher import EventPublisher, PublisherStage
+from pipeline.metrics import PipelineMetrics
+from pipeline.publisher import EventPublisher, PublisherStage, PublisherStats
 from pipeline.source import Backoff, SourceSpec, VideoSource
-from pipeline.stage import Channel, RunContext, Stage
+from pipeline.stage import Channel, RunContext, Stage, StreamStats
 from pipeline.tracker import TrackerStage
+from pipeline.view import LiveView, ViewStage
 
 log = logging.getLogger(__name__)
 
@@ -76,30 +83,46 @@ class Pipeline:
 
     With `until_sources_end` (the `run` command) it ends by itself once every source has ended; files end, live
     cameras only when removed or stopped. `request_stop` stops everything, letting in-flight frames drain.
+    With `annotated_dir`, every processed frame is also drawn into `<annotated_dir>/<camera>.mp4`.
     """
 
     def __init__(
-        self, config: PipelineConfig, detector: Detector, client: redis.Redis, until_sources_end: bool = True
+        self, config: PipelineConfig, detector: Detector, client: redis.Redis, until_sources_end: bool = True,
+        annotated_dir: Path | None = None,
     ) -> None:
         self.config = config
+        self.detector = detector
         self.ctx = RunContext()
         self.until_sources_end = until_sources_end
+        self.metrics = PipelineMetrics()
         size = config.runtime.queue_size
         self.queues = CameraQueues(self.ctx)
         batches: Channel[object] = Channel("batches", 1)  # the batcher builds a batch when the engine asks
         detected: Channel[object] = Channel("detected", size)
         tracked: Channel[object] = Channel("tracked", size)
+        viewed: Channel[object] = Channel("viewed", size)
         self.events = EventPublisher(client, config.redis.prefix, config.redis.maxlen)
+        self.view = LiveView(detector.label_names)
+        self.writer = AnnotatedVideoWriter(annotated_dir, detector.label_names) if annotated_dir else None
         batcher = Batcher(self.queues, batches, self.ctx, config.batching.max_batch, config.batching.max_delay_ms,
                           pull=True)
+        self.publisher = PublisherStage(viewed, self.ctx, client, detector.label_names, config.redis.prefix,
+                                        config.redis.maxlen)
         self.stages: list[Stage] = [
             batcher,
-            DetectorStage(batches, detected, self.ctx, detector, batcher.demand),
+            DetectorStage(batches, detected, self.ctx, detector, batcher.demand,
+                          keep_images="all" if self.writer else "latest", on_batch=self.metrics.observe_batch),
             TrackerStage(detected, tracked, self.ctx, detector.label_names, self.events.publish),
-            PublisherStage(tracked, self.ctx, client, detector.label_names, config.redis.prefix, config.redis.maxlen),
+            ViewStage(tracked, viewed, self.ctx, self.view, self.writer, self._is_live,
+                      self.metrics.frame_age.observe, self._on_stream_drained),
+            self.publisher,
         ]
+        self.metrics.attach(self)
         self.sources: dict[str, VideoSource] = {}
         self._cameras: dict[str, CameraConfig] = {}
+        # Cameras shown by the API and metrics: added and not removed (ended files stay, with their final state).
+        self._listed: dict[str, CameraConfig] = {}
+        self._live: dict[str, bool] = {}
         self._lock = threading.Lock()
         self._all_added = False
         self._ended = False
@@ -109,6 +132,8 @@ class Pipeline:
 
     def start(self) -> None:
         self._started_at = time.monotonic()
+        if self.writer is not None:
+            self.writer.start()
         for stage in self.stages:
             stage.start()
         for camera in self.config.cameras:
@@ -118,11 +143,15 @@ class Pipeline:
         self._end_if_idle()
 
     def add_source(self, camera: CameraConfig) -> None:
-        """Start reading a camera or file; its name must not be in use."""
+        """Start reading a camera or file; its name must not be in use. RuntimeError once the pipeline is ending."""
         spec = source_spec(camera, self.config)
         with self._lock:
             if camera.name in self.sources:
                 raise ValueError(f"camera {camera.name!r} already exists")
+            if self._ended or self._stop_requested:
+                raise RuntimeError("the pipeline is stopping: no cameras can be added")
+            stats = self.ctx.stream(camera.name)  # a name used before keeps its counters, not its old state
+            stats.state, stats.error = "starting", None
             capacity = self.config.runtime.live_queue_size if spec.live else self.config.runtime.queue_size
             key = self.queues.open(camera.name, capacity, drop_oldest=spec.live, max_fps=spec.max_fps)
             source = VideoSource(
@@ -131,28 +160,70 @@ class Pipeline:
             )
             self.sources[camera.name] = source
             self._cameras[camera.name] = camera
+            self._listed[camera.name] = camera
+            self._live[camera.name] = spec.live
         source.start()
 
     def remove_source(self, name: str, timeout: float = 10.0) -> bool:
-        """Stop a source and wait for its thread to end; False if it is unknown or did not end in time."""
+        """Stop a source and wait for its thread to end; False if it is unknown or did not end in time.
+
+        It leaves `listed_cameras`; a source that has already ended (a finished file) is only taken off the list.
+        """
         with self._lock:
             source = self.sources.get(name)
+            listed = self._listed.pop(name, None) is not None
         if source is None:
-            return False
+            self.view.forget(name)
+            return listed
         source.stop()
         source.join(timeout)
         return not source.is_alive()
 
     def camera_names(self) -> list[str]:
+        """Sources running now."""
         with self._lock:
             return list(self.sources)
+
+    def listed_cameras(self) -> dict[str, CameraConfig]:
+        """Cameras added and not removed, running or ended, in the order they were added."""
+        with self._lock:
+            return dict(self._listed)
+
+    def camera_stats(self) -> dict[str, StreamStats]:
+        """Live counters of the listed cameras (the objects the sources update: read, do not modify)."""
+        names = self.listed_cameras()
+        return {name: self.ctx.stream(name) for name in names}
+
+    def is_running(self, name: str) -> bool:
+        with self._lock:
+            return name in self.sources
+
+    def _on_stream_drained(self, name: str) -> None:
+        """A source's last frame has left the view stage: drop its latest frame if the camera was removed."""
+        with self._lock:
+            if name in self._listed:
+                return
+        self.view.forget(name)
+
+    def _is_live(self, name: str) -> bool:
+        with self._lock:
+            return self._live.get(name, True)
+
+    def publisher_stats(self) -> PublisherStats:
+        return self.publisher.stats()
+
+    @property
+    def accepting(self) -> bool:
+        """Whether cameras can still be added (the pipeline is neither ending nor stopping)."""
+        with self._lock:
+            return not (self._ended or self._stop_requested)
 
     def reload(self, config: PipelineConfig) -> tuple[list[str], list[str]]:
         """Apply a new camera list: remove cameras gone or changed, add new or changed ones. Returns (added, removed).
 
         Engine, batching and Redis settings are fixed for the life of the pipeline; changing them needs a restart.
         """
-        for section in ("engine", "batching", "redis"):
+        for section in ("engine", "batching", "redis", "server"):
             if getattr(config, section) != getattr(self.config, section):
                 log.warning("reload: %s settings changed; they take effect at the next start", section)
         new = {c.name: c for c in config.cameras}
