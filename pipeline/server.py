@@ -1,0 +1,254 @@
+"""The HTTP server inside the pipeline process: control API, health, Prometheus metrics and the live web view.
+
+`create_app(pipeline)` builds the FastAPI app; `ApiServer` runs it with uvicorn in a daemon thread. Endpoints are
+documented in docs/api.md. With a token, every endpoint but `/healthz` (liveness) and `/` (a static page that holds
+no data; its scripts send the token) requires `Authorization: Bearer <token>`.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import threading
+import time
+from importlib import resources
+from typing import Any
+
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from pipeline.config import CameraConfig
+from pipeline.runner import Pipeline, source_spec
+from pipeline.source import SourceError, check_source
+
+log = logging.getLogger(__name__)
+
+
+def _page() -> str:
+    return resources.files("pipeline").joinpath("web/index.html").read_text(encoding="utf-8")
+
+
+def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
+    """The app serving `pipeline`; `token` (if given) is required as a bearer token."""
+    app = FastAPI(
+        title="rpn-pipeline", summary="Control, health, metrics and live view of a running pipeline",
+        docs_url=None, redoc_url=None, openapi_url=None,  # the Swagger/ReDoc pages load from a CDN: docs/api.md
+    )
+    expected = token.encode() if token else None
+    page = _page()
+
+    def authorized(request: Request) -> None:
+        if expected is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # compare_digest: the comparison takes as long whatever prefix matches, so timing reveals nothing.
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    auth = [Depends(authorized)]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's 422, plus one line per problem that names the field: "body.url: String should have ...".
+        errors = [_json_safe(e) for e in exc.errors()]
+        reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {_message(e)}" for e in errors]
+        return JSONResponse({"detail": "; ".join(reasons), "errors": errors},
+                            status_code=422)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", dependencies=auth)
+    def readyz() -> JSONResponse:
+        """Readiness: the engine runs and Redis takes the results (or the publisher buffers within its bound)."""
+        reasons = []
+        stopped = [s.name for s in pipeline.stages if not s.is_alive()]
+        if stopped:
+            reasons.append(f"pipeline stages not running: {', '.join(stopped)}")
+        pub = pipeline.publisher_stats()
+        if not pub.connected and pub.buffered_entries >= pub.max_entries:
+            reasons.append(f"Redis unreachable and the publisher's buffer is full "
+                           f"({pub.buffered_entries}/{pub.max_entries} entries)")
+        body: dict[str, Any] = {
+            "ready": not reasons, "reasons": reasons,
+            "engine": {"backend": getattr(pipeline.detector, "backend", None), "arch": pipeline.config.engine.arch},
+            "publisher": {"connected": pub.connected, "buffered_entries": pub.buffered_entries,
+                          "max_entries": pub.max_entries},
+        }
+        return JSONResponse(body, status_code=status.HTTP_200_OK if not reasons else 503)
+
+    @app.get("/metrics", dependencies=auth)
+    def metrics() -> Response:
+        data, content_type = pipeline.metrics.exposition()
+        return Response(data, media_type=content_type)
+
+    @app.get("/api/cameras", dependencies=auth)
+    def list_cameras() -> list[dict[str, Any]]:
+        return [_camera_json(pipeline, name, cfg) for name, cfg in pipeline.listed_cameras().items()]
+
+    @app.get("/api/cameras/{name}", dependencies=auth)
+    def get_camera(name: str) -> dict[str, Any]:
+        cfg = _listed(pipeline, name)
+        body = _camera_json(pipeline, name, cfg)
+        body["last_frame"] = pipeline.view.latest(name)
+        body["settings"] = cfg.model_dump(include={"transport", "open_timeout_s", "read_timeout_s", "realtime",
+                                                   "max_fps"})
+        return body
+
+    @app.post("/api/cameras", status_code=status.HTTP_201_CREATED, dependencies=auth)
+    def add_camera(camera: CameraConfig, response: Response) -> dict[str, Any]:
+        """Start a camera; 409 if the name is taken, 400 with the reason if it cannot work (bad scheme, missing
+        file, unknown host). A camera that is merely offline is accepted and retried."""
+        if camera.name in pipeline.listed_cameras():
+            raise HTTPException(status.HTTP_409_CONFLICT, f"camera {camera.name!r} already exists")
+        try:
+            check_source(source_spec(camera, pipeline.config))
+        except SourceError as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, f"camera {camera.name!r}: {exc}") from exc
+        try:
+            pipeline.add_source(camera)
+        except ValueError as exc:  # lost a race with another request for the same name
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+        except RuntimeError as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+        log.info("API: camera %r added (%s)", camera.name, pipeline.ctx.stream(camera.name).source)
+        response.headers["Location"] = f"/api/cameras/{camera.name}"
+        return _camera_json(pipeline, camera.name, camera)
+
+    @app.delete("/api/cameras/{name}", dependencies=auth)
+    def delete_camera(name: str) -> dict[str, Any]:
+        """Stop a camera (waiting for its reader to end) and take it off the list; returns its final counters."""
+        cfg = _listed(pipeline, name)
+        if not pipeline.remove_source(name):
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"camera {name!r} did not stop in time")
+        log.info("API: camera %r removed", name)
+        return _camera_json(pipeline, name, cfg)
+
+    @app.get("/api/cameras/{name}/frame.jpg", dependencies=auth)
+    def frame_jpeg(name: str, request: Request) -> Response:
+        """The camera's newest processed frame with boxes, labels and track ids drawn. ETag: the frame index."""
+        _listed(pipeline, name)
+        found = pipeline.view.jpeg(name)
+        if found is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"camera {name!r} has no processed frame yet")
+        data, index = found
+        etag = f'"{name}-{index}-{id(pipeline):x}"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Frame-Index": str(index)}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    return app
+
+
+def _listed(pipeline: Pipeline, name: str) -> CameraConfig:
+    cfg = pipeline.listed_cameras().get(name)
+    if cfg is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no camera {name!r}")
+    return cfg
+
+
+def _camera_json(pipeline: Pipeline, name: str, cfg: CameraConfig) -> dict[str, Any]:
+    stats = pipeline.ctx.stream(name)
+    latency = pipeline.view.latency_s(name)
+    return {
+        "name": name,
+        "url": stats.source,  # redacted by the source
+        "live": source_spec(cfg, pipeline.config).live,
+        "running": pipeline.is_running(name),
+        "state": stats.state,
+        "error": stats.error,
+        "fps": round(pipeline.view.fps(name), 2),
+        "latency_ms": round(latency * 1000, 1) if latency is not None else None,
+        "decoded": stats.decoded,
+        "processed": stats.published,
+        "dropped": stats.dropped,
+        "drop_reasons": dict(stats.drop_reasons),
+        "objects": stats.objects,
+        "reconnects": stats.reconnects,
+    }
+
+
+def _message(error: dict[str, Any]) -> str:
+    if error.get("type") == "extra_forbidden":
+        return "unknown key"
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+
+
+def _json_safe(error: Any) -> dict[str, Any]:
+    # Validation errors may carry the exception object in `ctx`; JSON wants its text. The rejected input is left
+    # out: it may be a camera URL with its password.
+    out = {k: v for k, v in dict(error).items() if k != "input"}
+    if "ctx" in out:
+        out["ctx"] = {k: str(v) for k, v in out["ctx"].items()}
+    return out
+
+
+class ServerError(RuntimeError):
+    """The HTTP server cannot start (address in use, unknown host)."""
+
+
+class ApiServer:
+    """uvicorn in a daemon thread, on a socket bound up front so that errors surface at once and port 0 works."""
+
+    def __init__(self, pipeline: Pipeline, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
+        self.host = host
+        try:
+            self._socket = _bind(host, port)
+        except OSError as exc:
+            raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        self.port: int = self._socket.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(pipeline, token), log_config=None, log_level="warning", access_log=False, lifespan="off",
+            timeout_graceful_shutdown=2, server_header=False,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def _serve(self) -> None:
+        try:
+            self._server.run(sockets=[self._socket])
+        except Exception:  # the pipeline goes on without its API; say so loudly
+            log.exception("HTTP server failed")
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ServerError(f"HTTP server on {self.url} did not start")
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._socket.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart at once after a stop
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
