@@ -2,7 +2,8 @@
 
 `create_app(pipeline)` builds the FastAPI app; `ApiServer` runs it with uvicorn in a daemon thread. Endpoints are
 documented in docs/api.md. With a token, every endpoint but `/healthz` (liveness) and `/` (a static page that holds
-no data; its scripts send the token) requires `Authorization: Bearer <token>`.
+no data; its scripts send the token) requires `Authorization: Bearer <token>`. Without one (loopback only), requests
+must name a loopback host: a web page in the user's browser cannot reach the API through DNS rebinding.
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
@@ -28,6 +31,9 @@ log = logging.getLogger(__name__)
 
 def _page() -> str:
     return resources.files("pipeline").joinpath("web/index.html").read_text(encoding="utf-8")
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
@@ -49,6 +55,17 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
                                 headers={"WWW-Authenticate": "Bearer"})
 
     auth = [Depends(authorized)]
+
+    if expected is None:
+        @app.middleware("http")
+        async def loopback_host_only(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            # A tokenless server trusts whoever can connect to loopback. A site that rebinds its own name to
+            # 127.0.0.1 gets the user's browser connected too, but its requests still carry that name as Host.
+            host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+            if host not in LOOPBACK_NAMES and not host.startswith("127."):
+                return JSONResponse({"detail": f"host {host!r} refused: without a token only loopback names"},
+                                    status_code=400)
+            return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

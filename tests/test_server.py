@@ -190,3 +190,17 @@ def test_http_off_loopback_without_a_token_is_refused(make_video: Callable[..., 
     assert "binding the HTTP server to 0.0.0.0 (not loopback) needs a token" in result.stderr
     result = run_cli("run", "--source", str(make_video(10)), "--http", "localhost:http")
     assert result.returncode == 2 and "expected [HOST:]PORT" in result.stderr
+
+
+def test_without_a_token_only_loopback_host_names_are_served(
+    detector: Detector, rclient: redis.Redis, prefix: str
+) -> None:
+    pipeline = Pipeline(load_config(data={"redis": {"prefix": prefix}}), detector, rclient, until_sources_end=False)
+    with serving(pipeline) as http:
+        port = http.base_url.port
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+            assert http.get("/api/cameras", headers={"Host": host}).status_code == 200, host
+        # What a page that rebinds its own name to 127.0.0.1 would send (DNS rebinding).
+        for host in (f"attacker.example:{port}", "attacker.example", ""):
+            r = http.get("/api/cameras", headers={"Host": host})
+            assert r.status_code == 400 and "only loopback names" in r.json()["detail"], host
