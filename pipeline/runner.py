@@ -17,7 +17,7 @@ from pipeline.batcher import Batcher, CameraQueues
 from pipeline.config import CameraConfig, PipelineConfig
 from pipeline.detector import DetectorStage
 from pipeline.events import camera_state_event
-from pipeline.publisher import EventPublisher, PublisherStage
+from pipeline.publisher import EventPublisher, PublisherStage, PublisherStats, make_outbox
 from pipeline.source import Backoff, SourceSpec, VideoSource
 from pipeline.stage import Channel, RunContext, Stage
 from pipeline.tracker import TrackerStage
@@ -32,6 +32,7 @@ class RunReport:
     stages: dict[str, dict[str, float]]
     stage_errors: dict[str, int] = field(default_factory=dict)
     stop_requested: bool = False
+    publisher: dict[str, object] = field(default_factory=dict)  # PublisherStats, and entries dropped by reason
 
     @property
     def failed_streams(self) -> list[str]:
@@ -42,8 +43,14 @@ class RunReport:
         ]
 
     @property
+    def undelivered(self) -> int:
+        """Entries (frames and events) that never reached Redis because the run ended before Redis was back."""
+        reasons: dict[str, int] = self.publisher.get("dropped_by_reason", {})  # type: ignore[assignment]
+        return sum(n for reason, n in reasons.items() if reason.startswith("undelivered at shutdown"))
+
+    @property
     def ok(self) -> bool:
-        return not self.failed_streams and not self.stage_errors
+        return not self.failed_streams and not self.stage_errors and not self.undelivered
 
     @property
     def published(self) -> int:
@@ -59,7 +66,8 @@ class RunReport:
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
-        out.update(ok=self.ok, published=self.published, objects=self.objects, fps=round(self.fps, 2))
+        out.update(ok=self.ok, published=self.published, objects=self.objects, fps=round(self.fps, 2),
+                   undelivered=self.undelivered)
         return out
 
 
@@ -79,8 +87,11 @@ class Pipeline:
     """
 
     def __init__(
-        self, config: PipelineConfig, detector: Detector, client: redis.Redis, until_sources_end: bool = True
+        self, config: PipelineConfig, detector: Detector, client: redis.Redis, until_sources_end: bool = True,
+        redis_where: str | None = None,
     ) -> None:
+        """`client` need not reach Redis yet: entries wait in the publisher's buffer until it does.
+        `redis_where` names the server in log lines (a URL without password; default: from the client)."""
         self.config = config
         self.ctx = RunContext()
         self.until_sources_end = until_sources_end
@@ -89,14 +100,18 @@ class Pipeline:
         batches: Channel[object] = Channel("batches", 1)  # the batcher builds a batch when the engine asks
         detected: Channel[object] = Channel("detected", size)
         tracked: Channel[object] = Channel("tracked", size)
-        self.events = EventPublisher(client, config.redis.prefix, config.redis.maxlen)
+        # One outbox for frames and events: no stage or source thread waits on Redis, and each stream stays ordered.
+        self.outbox = make_outbox(client, config.redis, self.ctx, redis_where)
+        self.events = EventPublisher(self.outbox, config.redis.prefix)
+        self.publisher = PublisherStage(tracked, self.ctx, self.outbox, detector.label_names, config.redis.prefix,
+                                        config.redis.flush_timeout_s)
         batcher = Batcher(self.queues, batches, self.ctx, config.batching.max_batch, config.batching.max_delay_ms,
                           pull=True)
         self.stages: list[Stage] = [
             batcher,
             DetectorStage(batches, detected, self.ctx, detector, batcher.demand),
             TrackerStage(detected, tracked, self.ctx, detector.label_names, self.events.publish),
-            PublisherStage(tracked, self.ctx, client, detector.label_names, config.redis.prefix, config.redis.maxlen),
+            self.publisher,
         ]
         self.sources: dict[str, VideoSource] = {}
         self._cameras: dict[str, CameraConfig] = {}
@@ -109,6 +124,7 @@ class Pipeline:
 
     def start(self) -> None:
         self._started_at = time.monotonic()
+        self.outbox.start()
         for stage in self.stages:
             stage.start()
         for camera in self.config.cameras:
@@ -225,6 +241,10 @@ class Pipeline:
         self.stages[-1].join(timeout)
         return not self.stages[-1].is_alive()
 
+    def publisher_stats(self) -> PublisherStats:
+        """Redis connection state, buffer fill and delivery counters of the publisher (frames and events)."""
+        return self.publisher.stats()
+
     def report(self) -> RunReport:
         return RunReport(
             elapsed_s=round(time.monotonic() - self._started_at, 3),
@@ -232,4 +252,5 @@ class Pipeline:
             stages={s.name: {k: round(v, 4) for k, v in asdict(s.counters).items()} for s in self.stages},
             stage_errors=dict(self.ctx.stage_errors),
             stop_requested=self._stop_requested,
+            publisher={**asdict(self.publisher_stats()), "dropped_by_reason": self.outbox.dropped_by_reason()},
         )
