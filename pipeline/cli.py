@@ -195,15 +195,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not config.cameras:
         print("error: no sources: give --source PATH_OR_URL or list cameras in --config", file=sys.stderr)
         return EXIT_USAGE
-    e = config.engine
-    detector = create_detector(e.backend, e.arch, e.weights, e.score_threshold, e.threads, e.device, e.frame_size,
-                               max_batch=config.batching.max_batch)
-    bus = _connect_for_run(config)
+    bus = _connect_for_run(config)  # before the detector: a wrong password or certificate fails at once
     if bus is None:
         return EXIT_USAGE
-    from pipeline.runner import Pipeline  # imports torch: only the run command needs it
-
+    detector = None
     try:
+        e = config.engine
+        detector = create_detector(e.backend, e.arch, e.weights, e.score_threshold, e.threads, e.device,
+                                   e.frame_size, max_batch=config.batching.max_batch)
+        from pipeline.runner import Pipeline  # imports torch: only the run command needs it
+
         pipeline = Pipeline(config, detector, bus.client, redis_where=bus.display_url)
         print(f"Publishing to Redis at {bus.display_url} (streams {detections_key(config.redis.prefix, '<camera>')})",
               file=sys.stderr)
@@ -216,7 +217,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.summary_json:
             args.summary_json.write_text(json.dumps(report.to_dict(), indent=2, default=str))
     finally:
-        detector.close()
+        if detector is not None:
+            detector.close()
         bus.close()
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -346,7 +348,8 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
                             events=args.events, group=args.group, consumer=args.consumer)
     printed = 0
     try:
-        for entry in subscriber.iter(timeout_s=args.timeout, auto_ack=False):
+        # With --count, read no more than will be printed: a group then delivers nothing left unacknowledged.
+        for entry in subscriber.iter(timeout_s=args.timeout, auto_ack=False, count=min(args.count or 100, 100)):
             sys.stdout.write(json.dumps(entry, separators=(",", ":")) + "\n")
             sys.stdout.flush()
             subscriber.ack(entry)  # printed and flushed: only now is it handled

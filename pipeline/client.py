@@ -206,12 +206,13 @@ class Subscriber:
             by_key.setdefault(str(entry["stream"]), []).append(str(entry["id"]))
         return sum(int(self.client.xack(key, self.group, *ids)) for key, ids in by_key.items())
 
-    def iter(self, timeout_s: float | None = None, auto_ack: bool = True,
-             block_ms: int = 500) -> Iterator[dict[str, object]]:
+    def iter(self, timeout_s: float | None = None, auto_ack: bool = True, block_ms: int = 500,
+             count: int = 100) -> Iterator[dict[str, object]]:
         """Yield entries as they arrive; stop after `timeout_s` seconds without any (None: never).
 
-        In a group with `auto_ack`, an entry is acknowledged once the next one is asked for. Redis going away
-        is waited out (retrying with backoff); the position is kept.
+        In a group with `auto_ack`, an entry is acknowledged once the next one is asked for; entries are read
+        `count` at a time, so a reader that stops early leaves at most that many delivered but unacknowledged.
+        Redis going away is waited out (retrying with backoff); the position is kept.
         """
         idle_since = time.monotonic()
         handled: list[dict[str, object]] = []
@@ -220,7 +221,7 @@ class Subscriber:
                 if handled:
                     self.ack(*handled)
                     handled.clear()
-                entries = self._read_retrying(block_ms)
+                entries = self._read_retrying(block_ms, count)
                 if entries:
                     idle_since = time.monotonic()
                     for entry in entries:
@@ -237,9 +238,9 @@ class Subscriber:
                     log.warning("could not acknowledge %d entries (they will be delivered again): %s",
                                 len(handled), exc)
 
-    def _read_retrying(self, block_ms: int) -> list[dict[str, object]]:
+    def _read_retrying(self, block_ms: int, count: int) -> list[dict[str, object]]:
         try:
-            entries = self.read(block_ms=block_ms)
+            entries = self.read(block_ms=block_ms, count=count)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             if not self._retry_s:
                 log.warning("Redis unavailable (%s): retrying", exc)

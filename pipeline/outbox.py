@@ -99,8 +99,11 @@ class Outbox:
         on_dropped: Callable[[list[Entry], str], None] | None = None,
         mirror: Callable[[Entry], str] | None = None,
         health_check_s: float = 2.0,
+        owns_client: bool = False,
     ) -> None:
+        """`owns_client`: disconnect `client` at close (a client made for this outbox)."""
         self.client = client
+        self.owns_client = owns_client
         self.maxlen = maxlen
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -251,6 +254,8 @@ class Outbox:
                     self._count_dropped(entries, reason)
             self._cond.notify_all()
         self._wake.set()  # a writer still sleeping exits
+        if self.owns_client and not self._thread.is_alive():
+            self.client.connection_pool.disconnect()
         undelivered = sum(len(entries) for entries, _ in groups)
         if undelivered:
             log.error("Redis at %s: %d entries could not be delivered before shutdown (waited %.1f s)",

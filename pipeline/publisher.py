@@ -75,6 +75,7 @@ def make_outbox(client: redis.Redis, config: RedisConfig, ctx: RunContext | None
         on_delivered=delivered,
         on_dropped=dropped,
         mirror=(lambda entry: json_payload(entry, parse_entry)) if config.pubsub else None,
+        owns_client=writer is not client,
     )
 
 
