@@ -236,7 +236,10 @@ def _connect_for_run(config: PipelineConfig) -> Bus | None:
     try:
         bus.client.ping()
     except (redis.AuthenticationError, redis.ResponseError) as exc:
-        print(f"error: {where} refused us: {exc}", file=sys.stderr)
+        hint = ""
+        if "NOAUTH" in str(exc) or "already authenticated" in str(exc):
+            hint = " (it needs a password: redis://[user]:PASSWORD@host, or redis.password in the config)"
+        print(f"error: {where} refused us: {exc}{hint}", file=sys.stderr)
         bus.close()
         return None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:

