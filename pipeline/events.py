@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
+import numpy as np
+
 from pipeline.bytetrack import TrackEnd, TrackStart
 from pipeline.frame import FrameResult
 
@@ -67,17 +69,21 @@ def track_ended_event(camera: str, track: TrackEnd, label: str, ts: float) -> di
 def frame_entry(result: FrameResult, label_names: Sequence[str], publish_ts: float) -> dict[str, str]:
     """Encode one processed frame as flat string fields (readable with plain `redis-cli XRANGE`)."""
     frame, det = result.frame, result.detections
+    # Whole arrays to Python lists at once: per-element numpy scalars would cost most of the encoding time.
+    boxes = np.asarray(det.boxes, np.float64).round(1).tolist()
+    scores = np.asarray(det.scores, np.float64).round(4).tolist()
+    n = len(label_names)
     objects = [
         {
-            "track_id": int(track_id) if track_id > 0 else None,
-            "label": label_names[label] if 0 <= label < len(label_names) else str(label),
-            "score": round(float(score), 4),
-            "box": [round(float(v), 1) for v in box],
+            "track_id": track_id if track_id > 0 else None,
+            "label": label_names[label] if 0 <= label < n else str(label),
+            "score": score,
+            "box": box,
         }
-        for box, score, label, track_id in zip(det.boxes, det.scores, det.labels.tolist(), result.track_ids)
+        for box, score, label, track_id in zip(boxes, scores, det.labels.tolist(), np.asarray(result.track_ids).tolist())
     ]
     return {
-        "v": str(SCHEMA_VERSION),
+        "v": _VERSION,
         "camera": frame.stream,
         "frame": str(frame.index),
         "pts": f"{frame.pts:.6f}",
@@ -86,8 +92,12 @@ def frame_entry(result: FrameResult, label_names: Sequence[str], publish_ts: flo
         "latency_ms": f"{max(0.0, publish_ts - frame.capture_time) * 1000:.1f}",
         "width": str(frame.width),
         "height": str(frame.height),
-        "objects": json.dumps(objects, separators=(",", ":")),
+        "objects": _compact(objects),
     }
+
+
+_VERSION = str(SCHEMA_VERSION)
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _json(value: str) -> Any:

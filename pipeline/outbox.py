@@ -117,7 +117,9 @@ class Outbox:
         self.on_dropped = on_dropped
         self.mirror = mirror  # Pub/Sub: payload to PUBLISH on the entry's key, fire and forget
         self.health_check_s = health_check_s
-        self._cond = threading.Condition()
+        lock = threading.RLock()  # guards all state below
+        self._cond = threading.Condition(lock)  # progress: wait_idle, close
+        self._work = threading.Condition(lock)  # wakes an idle writer
         self._queue: deque[Entry] = deque()
         # The chunk being sent, or sent when the connection broke: maybe written, so never dropped for the bound.
         self._inflight: list[Entry] = []
@@ -127,6 +129,7 @@ class Outbox:
         self._dropped = 0
         self._dropped_by_reason: dict[str, int] = {}
         self._errors = 0
+        self._dropped_at_contact = 0  # drops up to the last good exchange: later ones belong to an outage
         self.confirmed_on_resend = 0  # entries a re-sent chunk found already written (not duplicated)
         self._connected = False
         self._outage: _Outage | None = None
@@ -161,7 +164,8 @@ class Outbox:
                 self._queue.append(entry)
                 self._bytes += size
                 dropped, reason = self._enforce_bound(), "redis buffer full"
-                self._cond.notify_all()
+                if len(self._queue) == 1 and not self._inflight:
+                    self._work.notify()  # only an idle writer waits; a busy one takes what is there next
         if dropped and self.on_dropped is not None:
             self.on_dropped(dropped, reason)
         return entry.id or None
@@ -240,7 +244,7 @@ class Outbox:
                 return 0
             self._closing = True
             started = self._started
-            self._cond.notify_all()
+            self._work.notify_all()
         self._wake.set()  # retry now rather than at the end of a long backoff
         if started:
             self._thread.join(timeout)
@@ -274,7 +278,7 @@ class Outbox:
         while True:
             with self._cond:
                 if not (self._queue or self._inflight or self._closing or self._outage):
-                    self._cond.wait(self.health_check_s)
+                    self._work.wait(self.health_check_s)
                 if self._abandoned or (self._closing and not (self._queue or self._inflight)):
                     return
                 work = bool(self._queue or self._inflight)
@@ -362,6 +366,8 @@ class Outbox:
             if transient is None:
                 self._connected = True
                 self._last_contact = time.monotonic()
+                if self._outage is None:
+                    self._dropped_at_contact = self._dropped
             backlog_done = transient is None and self._backlog_progress(len(delivered))
             # Reported before the lock is released, so that close() cannot count these entries a second time
             # and wait_idle() returns only once the counts are final.
@@ -433,6 +439,8 @@ class Outbox:
         with self._cond:
             self._connected = True
             self._last_contact = time.monotonic()
+            if self._outage is None:
+                self._dropped_at_contact = self._dropped
             done = self._outage is not None and not (self._queue or self._inflight)
         if done:
             self._report_back()
@@ -444,7 +452,7 @@ class Outbox:
             self._errors += 1
             first = self._outage is None
             if first:
-                self._outage = _Outage(time.monotonic(), self._dropped)
+                self._outage = _Outage(time.monotonic(), self._dropped_at_contact)
             else:
                 self._outage.backlog = None  # type: ignore[union-attr]  # down again while delivering the backlog
             buffered = len(self._queue) + len(self._inflight)

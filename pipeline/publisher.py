@@ -45,10 +45,16 @@ def make_outbox(client: redis.Redis, config: RedisConfig, ctx: RunContext | None
     def delivered(entries: list[Entry]) -> None:
         if ctx is None:
             return
+        per_camera: dict[str, list[int]] = {}  # camera -> [frames, objects]: one counter update per chunk
         for entry in entries:
-            if isinstance(entry.tag, _FrameTag):
-                ctx.count(entry.tag.camera, "published")
-                ctx.count(entry.tag.camera, "objects", entry.tag.objects)
+            tag = entry.tag
+            if isinstance(tag, _FrameTag):
+                counts = per_camera.setdefault(tag.camera, [0, 0])
+                counts[0] += 1
+                counts[1] += tag.objects
+        for camera, (frames, objects) in per_camera.items():
+            ctx.count(camera, "published", frames)
+            ctx.count(camera, "objects", objects)
 
     def dropped(entries: list[Entry], reason: str) -> None:
         frames: dict[str, int] = {}
