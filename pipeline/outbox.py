@@ -75,8 +75,11 @@ class _Outage:
 def entry_size(key: str, fields: dict[str, str]) -> int:
     """Bytes of the key, field names and values (UTF-8): what the byte bound counts."""
     size = len(key)
-    for name, value in fields.items():
-        size += len(name) + (len(value) if value.isascii() else len(value.encode()))
+    try:
+        for name, value in fields.items():
+            size += len(name) + (len(value) if value.isascii() else len(value.encode()))
+    except AttributeError:
+        raise TypeError(f"stream entry fields must be strings: {fields!r}") from None
     return size
 
 
@@ -141,6 +144,7 @@ class Outbox:
         self._rejected_count: dict[str, int] = {}
         self._last_contact = 0.0
         self._rng = random.Random()
+        self._backoff = retry_initial_s
         self._thread = threading.Thread(target=self._run, name="redis-writer", daemon=True)
         self._started = False
 
@@ -273,36 +277,63 @@ class Outbox:
 
     # --- writer thread -----------------------------------------------------------------------------------------------
     def _run(self) -> None:
-        backoff = self.retry_initial_s
+        self._backoff = self.retry_initial_s
         self._probe()
         while True:
-            with self._cond:
-                if not (self._queue or self._inflight or self._closing or self._outage):
-                    self._work.wait(self.health_check_s)
-                if self._abandoned or (self._closing and not (self._queue or self._inflight)):
-                    return
-                work = bool(self._queue or self._inflight)
-            if self._outage is not None:
-                if not self._probe():
-                    backoff = self._sleep(backoff)
-                    continue
-                backoff = self.retry_initial_s
-            if not work:
-                if time.monotonic() - self._last_contact >= self.health_check_s:
-                    self._probe()  # idle: keeps `connected` true to life
-                continue
-            with self._cond:
-                if not self._inflight:
-                    self._inflight = self._take_chunk()
-                chunk = list(self._inflight)
             try:
-                results = self._send(chunk)
-            except _CONNECTION_ERRORS as exc:
-                self._went_down(exc)  # the chunk stays in flight: re-sent with the same ids
-                backoff = self._sleep(backoff)
-                continue
-            if not self._handle_results(chunk, results):
-                backoff = self._sleep(backoff)
+                if self._step():
+                    return
+            except Exception:  # a bug must not silence the publisher for the rest of the run
+                self._errors += 1
+                log.exception("Redis writer: unexpected error; going on")
+                self._backoff = self._sleep(self._backoff)
+
+    def _step(self) -> bool:
+        """One round of the writer: wait for work, probe during an outage, send a chunk. True: time to exit."""
+        with self._cond:
+            if not (self._queue or self._inflight or self._closing or self._outage):
+                self._work.wait(self.health_check_s)
+            if self._abandoned or (self._closing and not (self._queue or self._inflight)):
+                return True
+            work = bool(self._queue or self._inflight)
+        if self._outage is not None:
+            if not self._probe():
+                self._backoff = self._sleep(self._backoff)
+                return False
+            self._backoff = self.retry_initial_s
+        if not work:
+            if time.monotonic() - self._last_contact >= self.health_check_s:
+                self._probe()  # idle: keeps `connected` true to life
+            return False
+        with self._cond:
+            if not self._inflight:
+                self._inflight = self._take_chunk()
+            chunk = list(self._inflight)
+        try:
+            results = self._send(chunk)
+        except _CONNECTION_ERRORS as exc:
+            self._went_down(exc)  # the chunk stays in flight: re-sent with the same ids
+            self._backoff = self._sleep(self._backoff)
+            return False
+        except (redis.RedisError, ValueError, TypeError) as exc:  # data Redis or redis-py cannot take: not retried
+            log.exception("Redis writer: cannot send %d entries (dropped them)", len(chunk))
+            self._drop_inflight(chunk, f"cannot send: {type(exc).__name__}")
+            return False
+        if not self._handle_results(chunk, results):
+            self._backoff = self._sleep(self._backoff)
+        return False
+
+    def _drop_inflight(self, chunk: list[Entry], reason: str) -> None:
+        with self._cond:
+            if self._abandoned:
+                return
+            self._inflight = []
+            self._bytes -= sum(e.size for e in chunk)
+            self._count_dropped(chunk, reason)
+            self._errors += 1
+            if self.on_dropped is not None:
+                self.on_dropped(chunk, reason)
+            self._cond.notify_all()
 
     def _take_chunk(self) -> list[Entry]:
         chunk: list[Entry] = []

@@ -114,6 +114,7 @@ def test_beyond_the_bound_the_oldest_are_dropped_and_counted(server: RedisProces
     for i in range(50):
         by_count.put("s:count", fields(i), tag=i)
         by_bytes.put("s:bytes", fields(i), tag=i)
+    wait_for(lambda: by_count.stats().errors > 0 and by_bytes.stats().errors > 0, 5, "the writers to find Redis down")
     assert [tag for tag, _ in seen["dropped"]] == list(range(30))  # exactly the 30 oldest
     assert {reason for _, reason in seen["dropped"]} == {"redis buffer full"}
     assert by_count.stats().dropped_entries == 30 and by_count.stats().buffered_entries == 20
@@ -181,6 +182,8 @@ def test_entries_redis_rejects_are_dropped_and_counted(server: RedisProcess) -> 
     outbox, seen = make_outbox(server.url)
     outbox.put("s:string", fields(0), tag="bad")
     outbox.put("s:ok", fields(1), tag="good")
+    with pytest.raises(TypeError, match="must be strings"):  # a caller's bug surfaces in the caller
+        outbox.put("s:ok", {"n": 2}, tag="not a string")  # type: ignore[dict-item]
     assert outbox.wait_idle(5)
     assert seen["delivered"] == ["good"] and seen["dropped"] == [("bad", "rejected by Redis")]
     stats = outbox.stats()
