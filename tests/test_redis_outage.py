@@ -128,22 +128,24 @@ def test_beyond_the_bound_the_oldest_of_the_outage_are_dropped_and_counted_exact
     pub = report.publisher
     assert frame_drops >= 50 and pub["dropped_entries"] == pub["dropped_by_reason"]["redis buffer full"]
     server_client = redis.Redis.from_url(server.start().url, decode_responses=True)  # the data is on disk
-    stored = [(i, f) for i, f in frames_in_redis(server_client, "bound")]
-    frames = [int(f["frame"]) for _, f in stored]
-    assert len(frames) == s["published"] and frames == sorted(set(frames))
-    engine_drops = s["dropped"] - frame_drops
-    missing = sorted(set(range(200)) - set(frames))
-    assert len(missing) == frame_drops + engine_drops  # every frame not in Redis is counted, for its reason
-    events = server_client.xrange(events_key("bound"))
-    assert len(events) + (pub["dropped_entries"] - frame_drops) == events_put  # events too
-    if engine_drops == 0:  # (the engine keeps up at 25 fps unless the machine is very busy)
-        gap = [f for f in range(missing[0], missing[-1] + 1)]
-        assert missing == gap  # one contiguous run of frames ...
-        before, after = stored[frames.index(missing[0] - 1)][1], stored[frames.index(missing[-1] + 1)][1]
-        assert float(before["capture_ts"]) < killed_at + 0.5  # ... starting when Redis died: the oldest ones
-        assert float(after["capture_ts"]) > restarted_at - 3.0  # the newest were kept
-    assert validate_streams(server_client, "bound") == len(stored) + len(events)
-    server.kill()
+    try:
+        stored = [(i, f) for i, f in frames_in_redis(server_client, "bound")]
+        frames = [int(f["frame"]) for _, f in stored]
+        assert len(frames) == s["published"] and frames == sorted(set(frames))
+        engine_drops = s["dropped"] - frame_drops
+        missing = sorted(set(range(200)) - set(frames))
+        assert len(missing) == frame_drops + engine_drops  # every frame not in Redis is counted, for its reason
+        events = server_client.xrange(events_key("bound"))
+        assert len(events) + (pub["dropped_entries"] - frame_drops) == events_put  # events too
+        if engine_drops == 0:  # (the engine keeps up at 25 fps unless the machine is very busy)
+            gap = [f for f in range(missing[0], missing[-1] + 1)]
+            assert missing == gap  # one contiguous run of frames ...
+            before, after = stored[frames.index(missing[0] - 1)][1], stored[frames.index(missing[-1] + 1)][1]
+            assert float(before["capture_ts"]) < killed_at + 0.5  # ... starting when Redis died: the oldest ones
+            assert float(after["capture_ts"]) > restarted_at - 3.0  # the newest were kept
+        assert validate_streams(server_client, "bound") == len(stored) + len(events)
+    finally:
+        server.kill()
     back = [r.getMessage() for r in caplog.records if "Redis back at" in r.getMessage()]
     assert len(back) == 1 and back[0].endswith(f"dropped {pub['dropped_entries']}")
 
@@ -170,16 +172,22 @@ def test_consumer_group_reader_killed_and_restarted_loses_nothing(
 
     first_out, second_out = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     first = reader(first_out)
-    pipeline = start_paced_run(make_video(150, seed=63), rclient, detector, prefix)  # 6 s at 25 fps
-    wait_for(lambda: len(printed(first_out)) >= 40, 60, "the reader to print 40 entries")
-    first.send_signal(signal.SIGKILL)
-    first.wait(10)
-    unacked = {p["message_id"] for p in rclient.xpending_range(key, "g", "-", "+", 1000, consumername="c")}
-    time.sleep(1.0)  # entries keep coming while no one reads
-    second = reader(second_out, "--timeout", "3")
-    assert pipeline.wait(timeout=60)
-    second.wait(60)
-    assert second.returncode == 0
+    second = None
+    try:
+        pipeline = start_paced_run(make_video(150, seed=63), rclient, detector, prefix)  # 6 s at 25 fps
+        wait_for(lambda: len(printed(first_out)) >= 40, 60, "the reader to print 40 entries")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        unacked = {p["message_id"] for p in rclient.xpending_range(key, "g", "-", "+", 1000, consumername="c")}
+        time.sleep(1.0)  # entries keep coming while no one reads
+        second = reader(second_out, "--timeout", "3")
+        assert pipeline.wait(timeout=60)
+        assert second.wait(60) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
 
     stored = [i for i, _ in rclient.xrange(key)]
     a, b = printed(first_out), printed(second_out)
