@@ -113,7 +113,7 @@ class RedisConfig(_Strict):
     def _tls(self) -> RedisConfig:
         tls = [n for n in ("ca_file", "cert_file", "key_file") if getattr(self, n) is not None]
         if tls and not (self.url or "").startswith("rediss://"):
-            raise ValueError(f"{', '.join(tls)} need a rediss:// url")
+            raise ValueError(f"{', '.join(tls)}: only for a rediss:// url (TLS)")
         for name in tls:
             if not getattr(self, name).is_file():
                 raise ValueError(f"{name}: no such file: {getattr(self, name)}")

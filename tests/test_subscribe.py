@@ -232,6 +232,9 @@ def test_subscribe_usage_errors_exit_2(redis_url: str) -> None:
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
     unset = run_cli("subscribe", "--redis-url", "redis://:${NO_SUCH_PASSWORD_VAR}@127.0.0.1:9/0")
     assert unset.returncode == 2 and "environment variable NO_SUCH_PASSWORD_VAR is not set" in unset.stderr
+    plain = run_cli("run", "--source", "x.mp4", "--redis-url", "redis://127.0.0.1:9/0", "--redis-ca-file",
+                    str(ROOT / "setup.py"))
+    assert plain.returncode == 2 and "ca_file: only for a rediss:// url" in plain.stderr
 
 
 def test_subscribe_events_since_and_group(redis_url: str, rclient: redis.Redis, prefix: str) -> None:
