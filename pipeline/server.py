@@ -92,9 +92,9 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
         if stopped:
             reasons.append(f"pipeline stages not running: {', '.join(stopped)}")
         pub = pipeline.publisher_stats()
-        if not pub.connected and pub.buffered_entries >= pub.max_entries:
-            reasons.append(f"Redis unreachable and the publisher's buffer is full "
-                           f"({pub.buffered_entries}/{pub.max_entries} entries)")
+        if not pub.connected and (pub.buffered_entries >= pub.max_entries or pub.buffered_bytes >= pub.max_bytes):
+            reasons.append(f"Redis unreachable and the publisher's buffer is full ({pub.buffered_entries}/"
+                           f"{pub.max_entries} entries, {pub.buffered_bytes}/{pub.max_bytes} bytes)")
         body: dict[str, Any] = {
             "ready": not reasons, "reasons": reasons,
             "engine": {"backend": getattr(pipeline.detector, "backend", None), "arch": pipeline.config.engine.arch},

