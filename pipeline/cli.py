@@ -19,7 +19,7 @@ import redis
 from engines import ARCHS, BACKENDS, EngineError, create_detector
 from engines.commands import HEAVY_COMMANDS, register
 from pipeline.bus import Bus, connect, default_embedded_db
-from pipeline.config import ConfigError, PipelineConfig, load_config, parse_source_arg
+from pipeline.config import API_TOKEN_ENV, ConfigError, PipelineConfig, load_config, parse_source_arg
 from pipeline.events import detections_key
 from pipeline.urls import redact_url
 
@@ -191,7 +191,7 @@ def expand_env(value: str, what: str) -> str:
 
 
 def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    config = load_config(args.config) if args.config else PipelineConfig()
+    config = load_config(args.config, api_token=args.api_token) if args.config else PipelineConfig()
     taken = {c.name for c in config.cameras}
     for arg in args.source:
         camera = parse_source_arg(arg, taken)
@@ -212,7 +212,7 @@ def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
         host, overrides[("server", "port")] = parse_http_arg(args.http)
         overrides[("server", "host")] = host
     # The token: --api-token, else RPN_API_TOKEN, else server.token from the file. Never printed.
-    overrides[("server", "token")] = args.api_token or os.environ.get("RPN_API_TOKEN") or None
+    overrides[("server", "token")] = args.api_token or os.environ.get(API_TOKEN_ENV) or None
     data = config.model_dump()
     for (section, key), value in overrides.items():
         if value is not None:

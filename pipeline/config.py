@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from engines import ARCHS, BACKENDS, DEFAULT_ARCH
 
+API_TOKEN_ENV = "RPN_API_TOKEN"  # overrides server.token from a config file
 CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -205,8 +206,13 @@ class PipelineConfig(_Strict):
         return self
 
 
-def load_config(path: str | Path | None = None, data: dict[str, Any] | None = None) -> PipelineConfig:
-    """Load and validate a YAML config file (or a dict); errors name the file, the key and the reason."""
+def load_config(
+    path: str | Path | None = None, data: dict[str, Any] | None = None, api_token: str | None = None
+) -> PipelineConfig:
+    """Load and validate a YAML config file (or a dict); errors name the file, the key and the reason.
+
+    The HTTP server's token of a file is overridden by `api_token` (the command line), else by $RPN_API_TOKEN.
+    """
     where = str(path) if path is not None else "config"
     if path is not None:
         try:
@@ -219,6 +225,10 @@ def load_config(path: str | Path | None = None, data: dict[str, Any] | None = No
             raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: the top level must be a mapping (cameras:, engine:, ...)")
+        token = api_token or os.environ.get(API_TOKEN_ENV)
+        if token and isinstance(data.get("server"), dict):
+            # Before validation: a file binding the server off loopback gets its token from the environment.
+            data["server"] = {**data["server"], "token": token}
     try:
         return PipelineConfig.model_validate(data or {})
     except ValidationError as exc:

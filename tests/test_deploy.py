@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from pipeline.config import load_config
+from pipeline.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -64,6 +64,7 @@ def compose() -> dict:
 def test_example_config_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in EXAMPLE_ENV.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RPN_API_TOKEN", "api-secret")
     config = load_config(EXAMPLE)
 
     assert len(config.cameras) == 2
@@ -74,6 +75,17 @@ def test_example_config_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     assert {urlsplit(c.url).password for c in config.cameras} == {"cam1-secret", "cam2-secret"}
     assert config.engine.backend == "auto"
     assert config.redis.url == "redis://:redis-secret@redis:6379/0"
+    # The HTTP server listens beyond loopback, with the token compose passes in the environment.
+    assert config.server.enabled and config.server.host == "0.0.0.0"
+    assert config.server.token is not None and config.server.token.get_secret_value() == "api-secret"
+
+
+def test_example_config_refuses_an_open_http_server_without_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in EXAMPLE_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("RPN_API_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="needs a token"):
+        load_config(EXAMPLE)
 
 
 def test_compose_passes_every_variable_the_example_config_uses() -> None:
@@ -96,6 +108,10 @@ def test_compose_pipeline_service() -> None:
 
     assert pipeline["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "healthcheck" in services["redis"]
+    assert "/healthz" in " ".join(pipeline["healthcheck"]["test"])
+    assert "RPN_API_TOKEN" in pipeline["environment"]
+    for port in pipeline["ports"]:
+        assert str(port).startswith("127.0.0.1:"), f"pipeline port {port} is published beyond localhost"
     assert pipeline["restart"] == "unless-stopped"
 
     build = pipeline["build"]

@@ -16,7 +16,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from engines import Detector
-from pipeline.config import load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.runner import Pipeline
 from pipeline.server import ApiServer
 from tests.conftest import run_cli
@@ -190,6 +190,20 @@ def test_http_off_loopback_without_a_token_is_refused(make_video: Callable[..., 
     assert "binding the HTTP server to 0.0.0.0 (not loopback) needs a token" in result.stderr
     result = run_cli("run", "--source", str(make_video(10)), "--http", "localhost:http")
     assert result.returncode == 2 and "expected [HOST:]PORT" in result.stderr
+
+
+def test_a_config_file_binding_off_loopback_takes_the_token_from_cli_or_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("server: {host: 0.0.0.0, port: 8080}\n")
+    monkeypatch.delenv("RPN_API_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="needs a token"):
+        load_config(path)
+    assert load_config(path, api_token="from-cli").server.token.get_secret_value() == "from-cli"
+    monkeypatch.setenv("RPN_API_TOKEN", "from-env")
+    assert load_config(path).server.token.get_secret_value() == "from-env"
+    assert load_config(path, api_token="from-cli").server.token.get_secret_value() == "from-cli"
 
 
 def test_without_a_token_only_loopback_host_names_are_served(
