@@ -26,6 +26,7 @@ from typing import Any
 import av
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
 from engines.synth import CLASSES, ObjectTruth, SceneSpec, render_frames
@@ -242,7 +243,7 @@ class CocoVideoFrames(Dataset):
     video, looked up as ``<root>/<video>`` (``root`` = ``images_root`` or the JSON's folder), falling back to the
     ``path`` recorded in the top-level ``videos`` list. Each video is decoded once with PyAV and the frames this
     set needs are cached in memory (at most ``cache_videos`` videos at a time; None = all). Other entries are
-    image files, ``<root>/<file_name>``, read with ``torchvision.io.decode_image``.
+    image files, ``<root>/<file_name>``, read with Pillow (torchvision deprecated its image codecs in 0.29).
 
     COCO category ids (any, possibly sparse) map to contiguous labels 1..K in category-id order;
     :attr:`label_names` names them. ``iscrowd`` / ``ignore`` annotations are left out, or kept and flagged
@@ -314,14 +315,12 @@ class CocoVideoFrames(Dataset):
         return frames[index]
 
     def __getitem__(self, index: int) -> Sample:
-        from torchvision.io import ImageReadMode, decode_image, read_file
-
         im = self.images[index]
         if "video" in im and "frame_index" in im:
             image = to_tensor(self._frame(str(im["video"]), int(im["frame_index"])))
         else:
-            data = read_file(str(self.root / str(im["file_name"])))
-            image = decode_image(data, mode=ImageReadMode.RGB).float().div_(255.0)
+            with Image.open(self.root / str(im["file_name"])) as file:
+                image = to_tensor(np.array(file.convert("RGB")))  # a writable copy
         boxes, labels, ignored = [], [], []
         for a in self._anns[int(im["id"])]:
             x, y, w, h = (float(v) for v in a["bbox"])

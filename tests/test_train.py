@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torchvision.io import write_png
+from PIL import Image
 
 from engines.dataset import (
     SYNTH_LABEL_NAMES,
@@ -120,7 +120,7 @@ def test_coco_video_and_image_frames(tmp_path: Path) -> None:
         assert float((image * 255 - torch.from_numpy(raw[fi]).permute(2, 0, 1).float()).abs().mean()) < 12
     # plain image files
     (tmp_path / "imgs").mkdir()
-    write_png(torch.from_numpy(raw[0]).permute(2, 0, 1).contiguous(), str(tmp_path / "imgs" / "a.png"))
+    Image.fromarray(raw[0]).save(tmp_path / "imgs" / "a.png")
     doc = {"images": [{"id": 5, "file_name": "a.png", "width": 160, "height": 120}],
            "annotations": [{"id": 1, "image_id": 5, "bbox": [10, 20, 30, 40], "category_id": 7, "iscrowd": 0},
                            {"id": 2, "image_id": 5, "bbox": [50, 20, 10, 10], "category_id": 9, "iscrowd": 1}],
