@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -239,11 +240,15 @@ def format_validation_error(where: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{where}: {key}: {msg}")
+        lines.append(f"{where}: {key}: {validation_message(err)}")
     return "\n".join(lines)
+
+
+def validation_message(error: Mapping[str, Any]) -> str:
+    """The reason of one pydantic error, worded for users ("unknown key" rather than "extra_forbidden")."""
+    if error.get("type") == "extra_forbidden":
+        return "unknown key"
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 
 def source_name_for(url: str, taken: set[str]) -> str:

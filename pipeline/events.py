@@ -122,11 +122,6 @@ def parse_entry(entry_id: str, fields: Mapping[str, str]) -> dict[str, object]:
     return out
 
 
-def parse_frame_entry(entry_id: str, fields: Mapping[str, str]) -> dict[str, object]:
-    """Decode an entry written by `frame_entry` into typed JSON-ready values."""
-    return parse_entry(entry_id, fields)
-
-
 @functools.cache
 def schema() -> dict[str, Any]:
     """The JSON Schema of stored entries (`pipeline/schema/events.schema.json`)."""

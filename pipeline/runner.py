@@ -222,12 +222,6 @@ class Pipeline:
         with self._lock:
             return self._live.get(name, True)
 
-    @property
-    def accepting(self) -> bool:
-        """Whether cameras can still be added (the pipeline is neither ending nor stopping)."""
-        with self._lock:
-            return not (self._ended or self._stop_requested)
-
     def reload(self, config: PipelineConfig) -> tuple[list[str], list[str]]:
         """Apply a new camera list: remove cameras gone or changed, add new or changed ones. Returns (added, removed).
 

@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from pipeline.config import CameraConfig
+from pipeline.config import CameraConfig, validation_message
 from pipeline.runner import Pipeline, source_spec
 from pipeline.source import SourceError, check_source
 
@@ -71,7 +71,7 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's 422, plus one line per problem that names the field: "body.url: String should have ...".
         errors = [_json_safe(e) for e in exc.errors()]
-        reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {_message(e)}" for e in errors]
+        reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {validation_message(e)}" for e in errors]
         return JSONResponse({"detail": "; ".join(reasons), "errors": errors},
                             status_code=422)
 
@@ -193,12 +193,6 @@ def _camera_json(pipeline: Pipeline, name: str, cfg: CameraConfig) -> dict[str, 
         "objects": stats.objects,
         "reconnects": stats.reconnects,
     }
-
-
-def _message(error: dict[str, Any]) -> str:
-    if error.get("type") == "extra_forbidden":
-        return "unknown key"
-    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 
 def _json_safe(error: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import redis
 from engines import Detector
 from pipeline.config import load_config
 from pipeline.detector import DetectorStage
-from pipeline.events import SCHEMA_VERSION, detections_key, parse_frame_entry
+from pipeline.events import SCHEMA_VERSION, detections_key, parse_entry
 from pipeline.runner import Pipeline, RunReport
 
 
@@ -28,7 +28,7 @@ def run_pipeline(sources: dict[str, Path | str], detector: Detector, client: red
 
 
 def entries(client: redis.Redis, prefix: str, camera: str) -> list[dict[str, object]]:
-    return [parse_frame_entry(i, f) for i, f in client.xrange(detections_key(prefix, camera))]
+    return [parse_entry(i, f) for i, f in client.xrange(detections_key(prefix, camera))]
 
 
 def test_file_of_n_frames_yields_n_entries_in_order(make_video: Callable[..., Path], detector: Detector,
