@@ -298,7 +298,7 @@ def _connect_for_run(config: PipelineConfig) -> Bus | None:
     """Connect for publishing. A server that is down is not an error (the run buffers until it is back); a wrong
     password or certificate is, since waiting cannot fix it."""
     r = config.redis
-    where = "the embedded Redis" if r.url is None else f"Redis at {redact_url(r.url)}"
+    where = _redis_where(r.url)
     try:
         bus = connect(r.url, r.embedded_db, **r.client_options())
     except (redis.RedisError, OSError) as exc:
@@ -324,6 +324,11 @@ def _connect_for_run(config: PipelineConfig) -> Bus | None:
     return bus
 
 
+def _redis_where(url: str | None) -> str:
+    """Which Redis, for messages: never with its password."""
+    return "the embedded Redis" if url is None else f"Redis at {redact_url(url)}"
+
+
 def _is_tls_config_error(exc: BaseException) -> bool:
     """Certificate trouble does not go away by waiting, unlike a server that is down."""
     text = str(exc)
@@ -337,8 +342,7 @@ def _connect_or_report(url: str | None, embedded_db: Path | None, **options: obj
         bus.client.ping()
         return bus
     except (redis.RedisError, OSError) as exc:
-        where = "the embedded Redis" if url is None else f"Redis at {redact_url(url)}"
-        print(f"error: cannot reach {where}: {exc}", file=sys.stderr)
+        print(f"error: cannot reach {_redis_where(url)}: {exc}", file=sys.stderr)
         return None
 
 
