@@ -10,8 +10,9 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["pipeline", "pipeline.*", "engines", "engines.*"]),
-    package_data={"pipeline": ["data/*.mp4", "data/*.txt", "web/*.html", "schema/*.json"], "engines": ["weights/*.pt"]},
+    packages=find_packages(include=["pipeline", "pipeline.*", "engines", "engines.*", "lab", "lab.*"]),
+    package_data={"pipeline": ["data/*.mp4", "data/*.txt", "schema/*.json"], "pipeline.api": ["web/*.html"],
+                  "engines": ["weights/*.pt"]},
     py_modules=["run_pipeline"],
     install_requires=[
         # Exactly these two: they install offline on our machines; other versions download GBs or break NMS.
@@ -30,7 +31,7 @@ setup(
         "pycocotools>=2.0.7",
         # pipeline.events.validate_entry: subscribers check entries against the shipped JSON Schema.
         "jsonschema>=4.18",
-        # The HTTP API, /metrics and the live view (pipeline/server.py, pipeline/metrics.py).
+        # The HTTP API, /metrics and the live view (pipeline/api/server.py, pipeline/monitor/metrics.py).
         "fastapi>=0.110",
         "uvicorn>=0.29",
         "prometheus-client>=0.20",
@@ -39,7 +40,7 @@ setup(
     extras_require={
         "tensorrt": ["tensorrt>=10,<11"],
         # trustme: throwaway CA and certificates for the TLS tests against a real redis-server.
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "httpx>=0.27", "trustme>=1.1"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "httpx>=0.27", "trustme>=1.1", "import-linter>=2.1"],
         # `eval-tracking` compares our tracker with the trackers package's ByteTrack and OC-SORT.
         "eval": ["trackers>=2"],
     },

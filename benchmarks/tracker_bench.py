@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.bytetrack import ByteTracker  # noqa: E402
+from pipeline.tracker.bytetrack import ByteTracker  # noqa: E402
 
 
 def scene(objects: int, frames: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

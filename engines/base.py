@@ -1,9 +1,11 @@
-"""The one interface every detector backend implements."""
+"""The one interface every detector backend implements, and the names the CLI and config need (no torch here)."""
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -51,3 +53,29 @@ class Detector(ABC):
     def label_name(self, label: int) -> str:
         names = self.label_names
         return names[label] if 0 <= label < len(names) else str(label)
+
+
+#: The project's own default model (see engines/models.py and docs/model.md).
+DEFAULT_ARCH = "fasterrcnn_lite"
+#: torchvision's Faster R-CNN builders, for users who bring COCO checkpoints.
+TORCHVISION_ARCHS: tuple[str, ...] = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+)
+ARCHS: tuple[str, ...] = (DEFAULT_ARCH, *TORCHVISION_ARCHS)
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+def state_dir() -> Path:
+    """The user's state directory: $RPN_STATE_DIR, else $XDG_STATE_HOME/rpn-pipeline (~/.local/state/...)."""
+    state = os.environ.get("RPN_STATE_DIR") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "rpn-pipeline"
+    )
+    return Path(state)
+
+
+def default_cache_dir() -> Path:
+    """Where exported ONNX graphs and TensorRT engines are cached (keyed by weights and settings)."""
+    return state_dir() / "engines"

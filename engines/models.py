@@ -26,7 +26,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.faster_rcnn import FasterRCNN_ResNet50_FPN_Weights
 from torchvision.ops import MultiScaleRoIAlign
 
-from engines import ARCHS, DEFAULT_ARCH, TORCHVISION_ARCHS
+from engines.base import ARCHS, DEFAULT_ARCH, TORCHVISION_ARCHS
 from engines.base import EngineError
 
 log = logging.getLogger(__name__)

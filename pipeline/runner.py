@@ -17,17 +17,17 @@ from pathlib import Path
 import redis
 
 from engines.base import Detector
-from pipeline.annotate import AnnotatedVideoWriter
-from pipeline.batcher import Batcher, CameraQueues
+from pipeline.monitor.annotate import AnnotatedVideoWriter
+from pipeline.inference.batcher import Batcher, CameraQueues
 from pipeline.config import CameraConfig, PipelineConfig
-from pipeline.detector import DetectorStage
-from pipeline.events import camera_state_event
-from pipeline.metrics import PipelineMetrics
-from pipeline.publisher import EventPublisher, PublisherStage, PublisherStats, make_outbox
-from pipeline.source import Backoff, SourceSpec, VideoSource
+from pipeline.inference.detector import DetectorStage
+from pipeline.events.contract import camera_state_event
+from pipeline.monitor.metrics import PipelineMetrics
+from pipeline.events.publisher import EventPublisher, PublisherStage, PublisherStats, make_outbox
+from pipeline.sources.decoder import Backoff, SourceSpec, VideoSource
 from pipeline.stage import Channel, RunContext, Stage, StreamStats
-from pipeline.tracker import TrackerStage
-from pipeline.view import LiveView, ViewStage
+from pipeline.tracker.stage import TrackerStage
+from pipeline.monitor.view import LiveView, ViewStage
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from engines import Detector, create_detector
-from engines.synth import SceneSpec, write_video
+from lab.synth import SceneSpec, write_video
 from tests.redis_servers import validate_streams
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from pipeline.events import validate_entry
+from pipeline.events.contract import validate_entry
 
 DEBIAN_REDIS = "/usr/bin/redis-server"
 DEBIAN_REDIS_MISSING = f"{DEBIAN_REDIS} (Debian's, with TLS) is not installed: run `make system-deps`"

@@ -60,7 +60,7 @@ def rtsp_options(transport: str = "tcp", timeout_s: float = 2.0) -> dict[str, st
 def make_camera_file(path: str | Path, frames: int = 50, width: int = 320, height: int = 240, fps: int = 25,
                      seed: int = 0) -> Path:
     """Write a raw Annex-B H.264 clip (no B-frames, one keyframe a second) for :class:`RtspServer`."""
-    from engines.synth import SceneSpec, write_video
+    from lab.synth import SceneSpec, write_video
 
     path = Path(path)
     if path.suffix.lower() not in (".h264", ".264"):

@@ -8,7 +8,7 @@ Runs under Debian's ``/usr/bin/python3`` (GStreamer's ``gi`` bindings do not imp
 
 Each mount is one shared pipeline (all clients see the same stream), paced in real time at the file's frame
 rate, over RTSP/TCP or RTP/UDP. ``--fps`` is only a fallback: h264parse prefers the rate in the SPS's VUI
-timing info, which x264 (and so engines.synth) always writes. Prints ``READY <port>`` on stdout once
+timing info, which x264 (and so lab.synth) always writes. Prints ``READY <port>`` on stdout once
 listening (``--port 0`` picks a free port). Exits 0 on SIGTERM/SIGINT. Needs python3-gi,
 gir1.2-gst-rtsp-server-1.0 and gstreamer1.0-plugins-{base,good,bad} (``make system-deps``).
 

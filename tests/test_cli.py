@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from pipeline.events import detections_key, events_key
+from pipeline.events.contract import detections_key, events_key
 from tests.conftest import ROOT, run_cli
 
 

@@ -9,7 +9,7 @@ import torch
 
 from engines import Detector, EngineError, create_detector
 from engines.models import COCO_LABELS, SYNTH_LABELS, build_model
-from engines.synth import SceneSpec, render_frames
+from lab.synth import SceneSpec, render_frames
 
 
 @pytest.fixture(scope="module")

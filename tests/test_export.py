@@ -18,7 +18,7 @@ from engines.export import ExportedModel, export_onnx
 from engines.models import LoadedModel, build_model
 from engines.onnx_backend import create_onnxruntime_detector
 from engines.split import BoxHeadStage, DenseStage, SplitDetector, input_size_for, torch_runners
-from engines.synth import SceneSpec, render_frames
+from lab.synth import SceneSpec, render_frames
 from engines.tensorrt_backend import (
     build_engine,
     create_tensorrt_detector,

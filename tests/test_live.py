@@ -10,9 +10,9 @@ import numpy as np
 import redis
 
 from engines import Detector
-from pipeline.batcher import CameraQueues
+from pipeline.inference.batcher import CameraQueues
 from pipeline.config import CameraConfig, load_config
-from pipeline.events import events_key
+from pipeline.events.contract import events_key
 from pipeline.frame import END, Frame, StreamEnd
 from pipeline.runner import Pipeline
 from pipeline.stage import RunContext

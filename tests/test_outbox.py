@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from engines import Detector
-from pipeline.bus import dedicated_client
+from pipeline.events.bus import dedicated_client
 from pipeline.config import load_config
-from pipeline.outbox import Entry, Outbox
+from pipeline.events.outbox import Entry, Outbox
 from pipeline.runner import Pipeline
 from tests.redis_servers import RedisProcess, validate_streams
 
@@ -87,7 +87,7 @@ def test_entries_arrive_in_order_with_explicit_increasing_ids(redis_url: str, rc
 
 def test_redis_down_at_start_buffers_then_delivers_in_order(server: RedisProcess,
                                                             caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="pipeline.outbox")
+    caplog.set_level(logging.INFO, logger="pipeline.events.outbox")
     outbox, seen = make_outbox(server.url)
     for i in range(50):
         outbox.put("s:a", fields(i), tag=i)
@@ -108,7 +108,7 @@ def test_redis_down_at_start_buffers_then_delivers_in_order(server: RedisProcess
 
 def test_beyond_the_bound_the_oldest_are_dropped_and_counted(server: RedisProcess,
                                                              caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="pipeline.outbox")
+    caplog.set_level(logging.INFO, logger="pipeline.events.outbox")
     by_count, seen = make_outbox(server.url, max_entries=20)
     by_bytes, seen_bytes = make_outbox(server.url, max_bytes=1000)  # about 9 entries of ~110 bytes
     for i in range(50):

@@ -9,8 +9,8 @@ import redis
 
 from engines import Detector
 from pipeline.config import load_config
-from pipeline.detector import DetectorStage
-from pipeline.events import SCHEMA_VERSION, detections_key, parse_entry
+from pipeline.inference.detector import DetectorStage
+from pipeline.events.contract import SCHEMA_VERSION, detections_key, parse_entry
 from pipeline.runner import Pipeline, RunReport
 
 

@@ -60,7 +60,7 @@ def test_file_run_in_a_terminal_shows_a_progress_bar_and_intact_log_lines(
     # Each log line starts a line of its own (tqdm clears the bars first), never glued to a bar.
     lines = [ANSI.sub("", line).rstrip("\r").split("\r")[-1] for line in screen.split("\n")]
     finished = [line for line in lines if f"camera 'clip' ({video}): finished after 60 frames" in line]
-    assert finished and all(re.match(r"\d\d:\d\d:\d\d INFO +pipeline\.source: camera 'clip'", f) for f in finished)
+    assert finished and all(re.match(r"\d\d:\d\d:\d\d INFO +pipeline\.sources\.decoder: camera 'clip'", f) for f in finished)
     assert "Run finished" in out
 
 

@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from engines import Detector
-from pipeline.bus import connect
+from pipeline.events.bus import connect
 from pipeline.config import load_config
-from pipeline.events import detections_key, events_key
+from pipeline.events.contract import detections_key, events_key
 from pipeline.runner import Pipeline
 from tests.conftest import run_cli
 from tests.redis_servers import DEBIAN_REDIS, DEBIAN_REDIS_MISSING, RedisProcess, Tls, debian_redis_available, \

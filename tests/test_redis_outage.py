@@ -20,9 +20,9 @@ import pytest
 import redis
 
 from engines import Detector
-from engines.synth import SceneSpec, write_video
+from lab.synth import SceneSpec, write_video
 from pipeline.config import load_config
-from pipeline.events import detections_key, events_key
+from pipeline.events.contract import detections_key, events_key
 from pipeline.runner import Pipeline
 from tests.conftest import ROOT
 from tests.redis_servers import RedisProcess, validate_streams
@@ -54,7 +54,7 @@ def frames_in_redis(client: redis.Redis, prefix: str) -> list[tuple[str, dict[st
 
 def test_redis_killed_for_30_s_loses_nothing(tmp_path: Path, detector: Detector,
                                              caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="pipeline.outbox")
+    caplog.set_level(logging.INFO, logger="pipeline.events.outbox")
     video = tmp_path / "paced.mp4"
     write_video(video, SceneSpec(width=320, height=240, fps=10, frames=400), seed=61)  # 40 s at 10 fps
     with RedisProcess(tmp_path / "redis") as server:
@@ -98,7 +98,7 @@ def test_redis_killed_for_30_s_loses_nothing(tmp_path: Path, detector: Detector,
 def test_beyond_the_bound_the_oldest_of_the_outage_are_dropped_and_counted_exactly(
     tmp_path: Path, make_video: Callable[..., Path], detector: Detector, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="pipeline.outbox")
+    caplog.set_level(logging.INFO, logger="pipeline.events.outbox")
     bound = 30
     with RedisProcess(tmp_path / "redis") as server:
         client = redis.Redis.from_url(server.url, decode_responses=True)

@@ -17,7 +17,7 @@ import redis
 
 from engines import Detector
 from pipeline.config import CameraConfig, load_config
-from pipeline.events import detections_key, events_key
+from pipeline.events.contract import detections_key, events_key
 from pipeline.runner import Pipeline
 from tests.conftest import ROOT
 from tests.rtsp import GSTREAMER_MISSING, RtspServer, gstreamer_available, make_camera_file

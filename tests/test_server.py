@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from engines import Detector
 from pipeline.config import ConfigError, load_config
 from pipeline.runner import Pipeline
-from pipeline.server import ApiServer
+from pipeline.api.server import ApiServer
 from tests.conftest import run_cli
 from tests.rtsp import GSTREAMER_MISSING, RtspServer, gstreamer_available, make_camera_file
 

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from pipeline.batcher import Batcher
+from pipeline.inference.batcher import Batcher
 from pipeline.frame import END, Batch, Frame, StreamEnd
 from pipeline.stage import Channel, RunContext
 

@@ -15,9 +15,9 @@ import redis
 
 from engines import Detector
 from engines.base import Detections
-from pipeline.client import Subscriber, parse_since, since_id
+from pipeline.events.subscriber import Subscriber, parse_since, since_id
 from pipeline.config import load_config
-from pipeline.events import (
+from pipeline.events.contract import (
     camera_state_event, detections_key, events_key, frame_entry, parse_entry, schema, validate_entry,
 )
 from pipeline.frame import Frame, FrameResult

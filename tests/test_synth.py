@@ -1,4 +1,4 @@
-"""Tests for the synthetic scene generator (engines/synth.py)."""
+"""Tests for the synthetic scene generator (lab/synth.py)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from av.video.frame import PictureType
 
-from engines.synth import (
+from lab.synth import (
     ASPECT_RANGES,
     CLASSES,
     IGNORE_VISIBILITY,

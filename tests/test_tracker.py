@@ -1,11 +1,11 @@
-"""The ByteTrack-style tracker (pipeline/bytetrack.py): identities through crossings, gaps, dropped frames, low-score
+"""The ByteTrack-style tracker (pipeline/tracker/bytetrack.py): identities through crossings, gaps, dropped frames, low-score
 detections and label changes; id rules; lifecycle information; and one end-to-end clip with the shipped detector."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.bytetrack import ByteTracker
+from pipeline.tracker.bytetrack import ByteTracker
 
 FPS = 25.0
 PERSON, CAR = 1, 2
@@ -233,7 +233,7 @@ def test_end_to_end_on_a_rendered_clip(tmp_path) -> None:  # noqa: ANN001
     tracking falls to 0.86."""
     from engines import DEFAULT_ARCH
     from engines.models import default_weights
-    from pipeline.track_eval import build_clips, idf1, run_condition
+    from lab.track_eval import build_clips, idf1, run_condition
 
     if default_weights(DEFAULT_ARCH) is None:
         pytest.skip("no shipped detector weights")
@@ -244,6 +244,6 @@ def test_end_to_end_on_a_rendered_clip(tmp_path) -> None:  # noqa: ANN001
 
 
 def _iou(a: list[float], b: list[float]) -> float:
-    from pipeline.bytetrack import iou_matrix
+    from pipeline.tracker.bytetrack import iou_matrix
 
     return float(iou_matrix(np.array([a]), np.array([b]))[0, 0])

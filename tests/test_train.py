@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engines.dataset import (
+from lab.dataset import (
     SYNTH_LABEL_NAMES,
     CocoVideoFrames,
     ShuffledStream,
@@ -23,7 +23,7 @@ from engines.dataset import (
     synth_eval_samples,
     truths_to_target,
 )
-from engines.evaluate import (
+from lab.evaluate import (
     add_eval_args,
     coco_scores,
     detect_with_proposals,
@@ -33,8 +33,8 @@ from engines.evaluate import (
     proposal_recall,
 )
 from engines.models import build_model
-from engines.synth import SceneSpec, render_frames, write_coco, write_video
-from engines.train import (
+from lab.synth import SceneSpec, render_frames, write_coco, write_video
+from lab.train import (
     TrainConfig,
     add_train_args,
     build_train_model,

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from engines.models import SYNTH_LABELS
-from pipeline.annotate import label_colour, line_width
+from pipeline.monitor.annotate import label_colour, line_width
 from tests.browser import CHROMIUM_MISSING, find_chromium, screenshot
 from tests.conftest import ROOT
 

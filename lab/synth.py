@@ -53,6 +53,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from pipeline.monitor.yuv import rgb_to_yuv420p
+
 __all__ = [
     "CLASSES",
     "IGNORE_VISIBILITY",
@@ -703,44 +705,6 @@ def render_frames(spec: SceneSpec, seed: int) -> Iterator[tuple[np.ndarray, list
 # --------------------------------------------------------------------------- encoding
 
 
-_Y_COEF = np.array([0.257, 0.504, 0.098], np.float32)
-_U_COEF = np.array([-0.148, -0.291, 0.439], np.float32) / 4  # applied to 2x2 sums
-_V_COEF = np.array([0.439, -0.368, -0.071], np.float32) / 4
-
-
-def _mix(f: np.ndarray, coef: np.ndarray, offset: float) -> np.ndarray:
-    """``f[..., 0] * c0 + f[..., 1] * c1 + f[..., 2] * c2 + offset`` without temporaries galore."""
-    acc = f[..., 0] * coef[0]
-    tmp = np.empty_like(acc)
-    for k in (1, 2):
-        np.multiply(f[..., k], coef[k], out=tmp)
-        acc += tmp
-    if offset:
-        acc += np.float32(offset)
-    return acc
-
-
-def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
-    """BT.601 limited-range RGB (H, W, 3) uint8 -> yuv420p array of shape (H*3//2, W).
-
-    Chroma is computed from 2x2-averaged RGB. Layout is Y (H*W), U, V (H*W/4 each),
-    as expected by ``av.VideoFrame.from_ndarray(..., format="yuv420p")``.
-    """
-    h, w = rgb.shape[:2]
-    out = np.empty((h * 3 // 2, w), np.uint8)
-    f = rgb.astype(np.float32)
-    # Per-channel math on strided views: no BLAS (OpenBLAS threading is slow on a busy 2-core box).
-    y = _mix(f, _Y_COEF, 16.5)
-    out[:h] = y  # always within 16..235: no clipping needed
-    rows = f.reshape(h // 2, 2, w * 3).sum(axis=1).reshape(h // 2, w, 3)  # vertical pair sums
-    n = (h // 2) * (w // 2)
-    flat = out.reshape(-1)
-    for coef, start in ((_U_COEF, h * w), (_V_COEF, h * w + n)):
-        c = _mix(rows, coef, 0.0)
-        c = c[:, 0::2] + c[:, 1::2]  # horizontal pair sums -> 2x2 block average (coef is /4)
-        c += np.float32(128.5)
-        flat[start:start + n] = c.reshape(-1)
-    return out
 
 
 def _fps_fraction(fps: float) -> Fraction:
@@ -882,6 +846,6 @@ def write_coco(truths: Sequence[VideoTruth], path: str | Path) -> None:
                          "area": w * h, "category_id": o.label, "iscrowd": int(o.ignored),
                          "track_id": o.track_id, "visibility": o.visibility})
     cats = [{"id": i + 1, "name": name, "supercategory": "object"} for i, name in enumerate(CLASSES)]
-    doc = {"info": {"description": "engines.synth synthetic street scenes"}, "videos": videos,
+    doc = {"info": {"description": "lab.synth synthetic street scenes"}, "videos": videos,
            "images": images, "annotations": anns, "categories": cats}
     path.write_text(json.dumps(doc))

@@ -9,11 +9,10 @@ import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.bytetrack import TrackEnd, TrackStart
 from pipeline.frame import FrameResult
 
 SCHEMA_VERSION = 1
@@ -41,6 +40,26 @@ def camera_state_event(camera: str, state: str, previous: str, reason: str | Non
         "url": url,
         "ts": f"{ts:.6f}",
     }
+
+
+class TrackStart(Protocol):
+    """What a `track_started` event says of a track (pipeline.tracker.TrackStart has these fields)."""
+
+    track_id: int
+    box: Sequence[float]
+    time: float
+    score: float
+
+
+class TrackEnd(Protocol):
+    """What a `track_ended` event says of a track (pipeline.tracker.TrackEnd has these fields)."""
+
+    track_id: int
+    box: Sequence[float]
+    end_time: float
+    duration: float
+    frames: int
+    best_score: float
 
 
 def _box(box: Sequence[float]) -> str:

@@ -32,7 +32,7 @@ def add_model_args(p: argparse.ArgumentParser, weights_required: bool = False) -
 
 
 def resolved_arch(args: argparse.Namespace) -> str:
-    from engines.evaluate import checkpoint_arch
+    from lab.evaluate import checkpoint_arch
 
     return args.arch or (checkpoint_arch(args.weights) if args.weights else None) or DEFAULT_ARCH
 
@@ -82,12 +82,12 @@ def register(sub: argparse._SubParsersAction, command: str | None) -> None:  # t
                               description="Score a model on held-out synthetic videos or a COCO file.")
 
     if command == "train":
-        from engines.train import add_train_args, train_from_args
+        from lab.train import add_train_args, train_from_args
 
         add_train_args(train)
         train.set_defaults(handler=train_from_args)
     if command == "eval":
-        from engines.evaluate import add_eval_args
+        from lab.evaluate import add_eval_args
 
         add_eval_args(evaluate)
         evaluate.set_defaults(handler=cmd_eval)
@@ -137,7 +137,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from engines.evaluate import eval_report
+    from lab.evaluate import eval_report
 
     print(eval_report(args))
     return EXIT_OK

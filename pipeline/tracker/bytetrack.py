@@ -31,7 +31,7 @@ Lifecycle for events: after each ``update``, :attr:`ByteTracker.started` lists t
 :meth:`ByteTracker.finish` ends all remaining tracks (stream end).
 
 Defaults were tuned on synthetic training scenes (seeds < 1000) with the shipped detector at score >= 0.1, and
-checked on held-out ones: ``python run_pipeline.py eval-tracking`` (pipeline/track_eval.py).
+checked on held-out ones: ``python run_pipeline.py eval-tracking`` (lab/track_eval.py).
 """
 from __future__ import annotations
 

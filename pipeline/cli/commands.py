@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import redis
 
 from engines import ARCHS, BACKENDS, EngineError, create_detector
-from engines.commands import HEAVY_COMMANDS, register
-from pipeline.bus import Bus, connect, default_embedded_db
+from pipeline.cli.model_commands import HEAVY_COMMANDS, register
+from pipeline.events.bus import Bus, connect, default_embedded_db
 from pipeline.config import API_TOKEN_ENV, ConfigError, PipelineConfig, load_config, parse_source_arg
-from pipeline.events import detections_key
-from pipeline.urls import redact_url
+from pipeline.events.contract import detections_key
+from pipeline.sources.urls import redact_url
 
 if TYPE_CHECKING:
     from pipeline.runner import Pipeline, RunReport
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pipeline")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-SAMPLE_VIDEO = Path(__file__).with_name("data") / "sample.mp4"
+SAMPLE_VIDEO = Path(__file__).resolve().parents[1] / "data" / "sample.mp4"  # pipeline/data: package data
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,7 +128,7 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Run detector + trackers on held-out synthetic videos with identity ground truth.",
     )
     if command == "eval-tracking":
-        from pipeline.track_eval import add_args
+        from lab.track_eval import add_args
 
         add_args(tracking)
         tracking.set_defaults(handler=cmd_eval_tracking)
@@ -243,9 +243,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     bus = _connect_for_run(config)  # before the detector: a wrong password or certificate fails at once
     if bus is None:
         return EXIT_USAGE
-    from pipeline.progress import file_progress, wants_progress
+    from pipeline.cli.progress import file_progress, wants_progress
     from pipeline.runner import Pipeline  # imports torch: only the run command needs it
-    from pipeline.server import ApiServer, ServerError
+    from pipeline.api.server import ApiServer, ServerError
 
     detector = None
     server: ApiServer | None = None
@@ -406,7 +406,7 @@ def _print_summary(report: RunReport, config: PipelineConfig, bus: Bus, detector
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    from pipeline.client import Subscriber, parse_since
+    from pipeline.events.subscriber import Subscriber, parse_since
 
     usage = _subscribe_usage_error(args)
     if usage:
@@ -463,7 +463,7 @@ def _subscribe_usage_error(args: argparse.Namespace) -> str | None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from engines.synth import SceneSpec, write_coco, write_mot, write_video
+    from lab.synth import SceneSpec, write_coco, write_mot, write_video
 
     try:
         spec = SceneSpec(width=args.width, height=args.height, fps=args.fps, frames=args.frames)
@@ -483,7 +483,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_eval_tracking(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from pipeline.track_eval import report_from_args
+    from lab.track_eval import report_from_args
 
     if importlib.util.find_spec("trackers") is None:
         print("error: eval-tracking needs the `trackers` package (metrics and baselines): pip install -e '.[eval]'",

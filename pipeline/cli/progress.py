@@ -14,7 +14,7 @@ import av
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pipeline.urls import is_local_path
+from pipeline.sources.urls import is_local_path
 
 if TYPE_CHECKING:
     from pipeline.runner import Pipeline

@@ -1,7 +1,7 @@
 """Tracker evaluation on held-out synthetic clips: MOTA, IDF1 and HOTA of our ByteTracker and of the `trackers`
 package's ByteTrack and OC-SORT, all fed the very same detections (``python run_pipeline.py eval-tracking``).
 
-* Clips are rendered by :mod:`engines.synth` (seeds >= 1000 are never used in training); ordinary scenes plus
+* Clips are rendered by :mod:`lab.synth` (seeds >= 1000 are never used in training); ordinary scenes plus
   crowded ones (``SceneSpec(max_objects=...)``), with per-object identity ground truth.
 * The detector (default: the shipped weights in ONNX Runtime) runs once per clip at a low score threshold (0.1),
   so that the trackers' second, low-score association stage has something to work with; the detections are
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from pipeline.bytetrack import ByteTracker, iou_matrix
+from pipeline.tracker.bytetrack import ByteTracker, iou_matrix
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def build_clips(
 ) -> list[Clip]:
     """Render each clip, run the detector over it once and cache the result (reused when present)."""
     from engines import state_dir
-    from engines.synth import SceneSpec, render_frames
+    from lab.synth import SceneSpec, render_frames
 
     wpath = weights_path(weights)
     cache = cache_dir or state_dir() / "track-eval"
@@ -402,7 +402,7 @@ def table(scores: Sequence[Score]) -> str:
 
 
 def _seeds(text: str) -> list[int]:
-    from engines.dataset import parse_seeds
+    from lab.dataset import parse_seeds
 
     return parse_seeds(text) if text.strip() else []
 

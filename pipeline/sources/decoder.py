@@ -28,7 +28,7 @@ import av
 
 from pipeline.frame import Frame, StreamEnd
 from pipeline.stage import RunContext
-from pipeline.urls import is_local_path, redact_url
+from pipeline.sources.urls import is_local_path, redact_url
 
 log = logging.getLogger(__name__)
 

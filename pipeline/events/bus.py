@@ -22,7 +22,7 @@ from redis.retry import Retry
 
 from engines import state_dir
 
-from pipeline.urls import redact_url
+from pipeline.sources.urls import redact_url
 
 log = logging.getLogger(__name__)
 

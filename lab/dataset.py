@@ -8,7 +8,7 @@ detector gets at run time, see :mod:`engines.torch_backend`), ``target`` a dict 
 * :class:`SynthFrames` renders frames of synthetic scenes on the fly (no disk), as a deterministic, resumable
   stream: sample ``i`` of the stream depends only on ``(seed, i)`` and the constructor arguments.
 * :class:`CocoVideoFrames` reads a COCO detection JSON whose images are either frames of video files
-  (``video`` + ``frame_index``, the format :func:`engines.synth.write_coco` writes) or plain image files.
+  (``video`` + ``frame_index``, the format :func:`lab.synth.write_coco` writes) or plain image files.
 
 Seed convention for synthetic data: training uses scene seeds ``< 1000`` (:data:`HELD_OUT_SEED`); evaluation uses
 seeds ``>= 1000``, never seen in training.
@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
-from engines.synth import CLASSES, ObjectTruth, SceneSpec, render_frames
+from lab.synth import CLASSES, ObjectTruth, SceneSpec, render_frames
 
 log = logging.getLogger(__name__)
 

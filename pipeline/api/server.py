@@ -24,13 +24,13 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from pipeline.config import CameraConfig, validation_message
 from pipeline.runner import Pipeline, source_spec
-from pipeline.source import SourceError, check_source
+from pipeline.sources.decoder import SourceError, check_source
 
 log = logging.getLogger(__name__)
 
 
 def _page() -> str:
-    return resources.files("pipeline").joinpath("web/index.html").read_text(encoding="utf-8")
+    return resources.files("pipeline.api").joinpath("web/index.html").read_text(encoding="utf-8")
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")

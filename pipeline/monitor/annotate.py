@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
-from engines.synth import rgb_to_yuv420p
+from pipeline.monitor.yuv import rgb_to_yuv420p
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Publishing to Redis: the publisher stage (one entry per processed frame) and the event publisher.
 
-Both feed one `Outbox` (pipeline/outbox.py): a bounded, ordered buffer drained by a single writer thread, so no
+Both feed one `Outbox` (pipeline/events/outbox.py): a bounded, ordered buffer drained by a single writer thread, so no
 pipeline thread ever waits on Redis and each stream's entries arrive in order, also across a Redis outage.
 A frame counts as `published` once Redis has it; a frame the outbox had to drop counts as `dropped`, with the
 reason, so decoded == published + dropped holds per camera at the end of a run.
@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import redis
 
-from pipeline.bus import dedicated_client, describe
+from pipeline.events.bus import dedicated_client, describe
 from pipeline.config import RedisConfig
-from pipeline.events import detections_key, events_key, frame_entry, parse_entry
+from pipeline.events.contract import detections_key, events_key, frame_entry, parse_entry
 from pipeline.frame import BatchResult
-from pipeline.outbox import Entry, Outbox, PublisherStats, json_payload
+from pipeline.events.outbox import Entry, Outbox, PublisherStats, json_payload
 from pipeline.stage import Channel, RunContext, Stage
 
 __all__ = ["EventPublisher", "PublisherStage", "PublisherStats", "make_outbox"]

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 
 import redis
 
-from pipeline.events import detections_key, events_key, parse_entry
+from pipeline.events.contract import detections_key, events_key, parse_entry
 
 log = logging.getLogger(__name__)
 

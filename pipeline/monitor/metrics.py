@@ -5,20 +5,41 @@ does no extra bookkeeping for them; the three histograms are observed by the sta
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from pipeline.config import PipelineConfig
+from pipeline.events.outbox import PublisherStats
+from pipeline.inference.batcher import CameraQueues
+from pipeline.monitor.annotate import AnnotatedVideoWriter
+from pipeline.monitor.view import LiveView
+from pipeline.stage import Stage, StreamStats
+
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from pipeline.runner import Pipeline
-
 #: Every state a camera can be in (pipeline/stage.py StreamStats.state); each gets a 0/1 series.
 CAMERA_STATES = ("starting", "connecting", "running", "online", "offline", "finished", "stopped", "failed")
+
+
+class MetricsSource(Protocol):
+    """What the collector reads of a running pipeline at scrape time (`pipeline.runner.Pipeline` provides it)."""
+
+    config: PipelineConfig
+    detector: Any
+    stages: Sequence[Stage]
+    view: LiveView
+    writer: AnnotatedVideoWriter | None
+
+    queues: CameraQueues
+
+    def camera_stats(self) -> Mapping[str, StreamStats]: ...
+
+    def publisher_stats(self) -> PublisherStats: ...
 
 
 class PipelineMetrics:
@@ -45,7 +66,7 @@ class PipelineMetrics:
         self.batch_size.observe(size)
         self.batch_latency.observe(latency_s)
 
-    def attach(self, pipeline: Pipeline) -> None:
+    def attach(self, pipeline: MetricsSource) -> None:
         self.registry.register(PipelineCollector(pipeline))
 
     def exposition(self) -> tuple[bytes, str]:
@@ -56,7 +77,7 @@ class PipelineMetrics:
 class PipelineCollector(Collector):
     """Reads cameras, stages and the publisher at scrape time."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: MetricsSource) -> None:
         self.pipeline = pipeline
 
     def collect(self) -> Iterator[Metric]:

@@ -39,7 +39,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engines import ARCHS, DEFAULT_ARCH
 from engines.base import EngineError
-from engines.dataset import (
+from lab.dataset import (
     HELD_OUT_SEED,
     SYNTH_LABEL_NAMES,
     CocoVideoFrames,
@@ -459,7 +459,7 @@ def train(
 
 
 def _evaluate(model: nn.Module, seeds: list[int], config: TrainConfig, frames: int, every: int, step: int) -> Any:
-    from engines.evaluate import evaluate_synth
+    from lab.evaluate import evaluate_synth
 
     res = evaluate_synth(model, seeds, config.width, config.height, frames, every, encode=True)
     log.info("step %d eval on seeds %s (%d frames, %.0f s): mAP@0.5 %.3f  mAP@[.5:.95] %.3f  AR@100 %.3f  %s",

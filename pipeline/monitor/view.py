@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.annotate import AnnotatedJob, AnnotatedVideoWriter, annotate, to_jpeg
+from pipeline.monitor.annotate import AnnotatedJob, AnnotatedVideoWriter, annotate, to_jpeg
 from pipeline.frame import BatchResult, FrameResult, StreamEnd
 from pipeline.stage import Channel, RunContext, Stage
 

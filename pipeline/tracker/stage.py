@@ -1,6 +1,6 @@
 """Tracker stage: gives detections identities, one `ByteTracker` per camera, and publishes track lifecycle events.
 
-`ByteTracker` (pipeline/bytetrack.py) predicts by each frame's pts, so dropped frames do not break identities.
+`ByteTracker` (pipeline/tracker/bytetrack.py) predicts by each frame's pts, so dropped frames do not break identities.
 A detection not (yet) assigned to a confirmed track is published with `track_id` null.
 """
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from pipeline.bytetrack import ByteTracker, TrackEnd, TrackStart
-from pipeline.events import track_ended_event, track_started_event
+from pipeline.tracker.bytetrack import ByteTracker, TrackEnd, TrackStart
+from pipeline.events.contract import track_ended_event, track_started_event
 from pipeline.frame import BatchResult, StreamEnd
 from pipeline.stage import Channel, RunContext, Stage
 

@@ -7,7 +7,7 @@
   the image's top-100 RPN proposals (the RPN output after NMS, scored by objectness), in original image pixels.
 
 Held-out synthetic evaluation (``python run_pipeline.py eval --weights FILE --seeds 1000-1004``) renders scenes
-with seeds >= 1000 -- training uses seeds < 1000 (see :data:`engines.dataset.HELD_OUT_SEED`) -- encodes them to
+with seeds >= 1000 -- training uses seeds < 1000 (see :data:`lab.dataset.HELD_OUT_SEED`) -- encodes them to
 H.264 like any camera clip, decodes them with PyAV and scores the detector on every (or every k-th) frame.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from engines.base import EngineError
-from engines.dataset import (
+from lab.dataset import (
     HELD_OUT_SEED,
     SYNTH_LABEL_NAMES,
     CocoVideoFrames,
@@ -215,7 +215,7 @@ def evaluate(
     """Score a model (a torchvision Faster R-CNN, or a :class:`engines.base.Detector`) on samples.
 
     ``samples`` yield ``(image float [3,H,W] 0..1, target)`` with ``iscrowd`` flags for ignored boxes (as
-    :class:`engines.dataset.CocoVideoFrames` / ``synth_eval_samples`` give with ``include_ignored=True``).
+    :class:`lab.dataset.CocoVideoFrames` / ``synth_eval_samples`` give with ``include_ignored=True``).
     ``label_names`` are the model's (default: the Detector's, or the data's); labels are matched by name.
     A Detector with a torch ``.model`` is scored through that model, without the Detector's score threshold (mAP
     wants the low-scoring detections too: the model's own ``box_score_thresh``, 0.05, applies). A Detector without
@@ -292,7 +292,7 @@ def evaluate_synth(
 ) -> EvalResult:
     """Evaluate on held-out synthetic scenes: H.264-encoded and decoded like camera video (``encode=True``),
     or the raw rendered frames. Videos go to ``workdir`` (kept) or a temporary folder (deleted)."""
-    from engines.synth import SceneSpec, write_coco, write_video
+    from lab.synth import SceneSpec, write_coco, write_video
 
     low = [s for s in seeds if s < HELD_OUT_SEED]
     if low:
