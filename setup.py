@@ -40,7 +40,9 @@ setup(
     extras_require={
         "tensorrt": ["tensorrt>=10,<11"],
         # trustme: throwaway CA and certificates for the TLS tests against a real redis-server.
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "httpx>=0.27", "trustme>=1.1", "import-linter>=2.1"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "httpx>=0.27", "trustme>=1.1", "import-linter>=2.1",
+                # tests/test_k8s_manifests.py: offline schema validation of deploy/k8s.
+                "kubernetes-validate>=1.30"],
         # `eval-tracking` compares our tracker with the trackers package's ByteTrack and OC-SORT.
         "eval": ["trackers>=2"],
     },
