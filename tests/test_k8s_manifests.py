@@ -465,6 +465,13 @@ def test_ray_resources_place_workers_and_the_controller() -> None:
         assert spec["resources"] == {WORKER_RESOURCE: "1"}, group
         limits = spec["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert ("nvidia.com/gpu" in limits) == (group == "gpu"), group
+    # The disruption budget covers the worker pods (KubeRay's labels) and no others; workers spread over machines.
+    budget = one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"]
+    assert budget == {"ray.io/cluster": ray_cluster()["metadata"]["name"], "ray.io/node-type": "worker"}
+    for group, spec in groups.items():
+        template = spec["template"]
+        for spread in template["spec"]["topologySpreadConstraints"]:
+            assert labels_match(spread["labelSelector"]["matchLabels"], template["metadata"]["labels"]), group
     gpu = groups["gpu"]["template"]["spec"]
     assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
