@@ -25,16 +25,19 @@ def frame_size_arg(text: str) -> tuple[int, int]:
 def add_model_args(p: argparse.ArgumentParser, weights_required: bool = False) -> None:
     p.add_argument("--arch", choices=ARCHS, default=None,
                    help=f"model architecture (default: the one recorded in the weights file, else {DEFAULT_ARCH})")
-    p.add_argument("--weights", type=Path, metavar="FILE", required=weights_required,
-                   help="weights: a torchvision state dict (.pth) or a checkpoint written by `train`")
+    p.add_argument("--weights", type=Path, metavar="FILE|NAME", required=weights_required,
+                   help="weights: a torchvision state dict (.pth), a checkpoint written by `train`, or the name of "
+                   "torchvision's COCO weights of --arch (DEFAULT, COCO_V1), downloaded once into the torch hub cache")
     p.add_argument("--frame-size", type=frame_size_arg, default=(640, 360), metavar="WxH",
                    help="frame size the exported engine is built for (default 640x360)")
 
 
 def resolved_arch(args: argparse.Namespace) -> str:
+    from engines.models import is_weights_name
     from lab.evaluate import checkpoint_arch
 
-    return args.arch or (checkpoint_arch(args.weights) if args.weights else None) or DEFAULT_ARCH
+    from_file = checkpoint_arch(args.weights) if args.weights and not is_weights_name(args.weights) else None
+    return args.arch or from_file or DEFAULT_ARCH
 
 
 def register(sub: argparse._SubParsersAction, command: str | None) -> None:  # type: ignore[type-arg]
@@ -153,7 +156,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     arch = resolved_arch(args)
     weights = args.weights or default_weights(arch)
     loaded = build_model(arch, weights)
-    exported = export_onnx(loaded, args.out, args.frame_size, weights)
+    exported = export_onnx(loaded, args.out, args.frame_size, loaded.weights_file)
     problems = []
     for path in (exported.dense_path, exported.box_head_path):
         bad = unsupported_ops(onnx.load(str(path)))
@@ -179,7 +182,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     weights = args.weights or default_weights(arch)
     cache = args.cache_dir or default_cache_dir()
     loaded = build_model(arch, weights)
-    exported = cached_export(loaded, weights, args.frame_size, cache)
+    exported = cached_export(loaded, loaded.weights_file, args.frame_size, cache)
     fp16 = not args.fp32
     dense = build_engine(exported.dense_path, cache / "tensorrt", args.min_batch, args.opt_batch, args.max_batch, fp16)
     rois = rois_profile(args.opt_batch, args.max_batch, int(loaded.model.rpn.post_nms_top_n()))
