@@ -95,14 +95,16 @@ def test_detect_with_default_weights_offline(torch_home: Path, make_video: Calla
     assert str(torch_home / "hub" / "checkpoints" / FILE_NAME) in missing.stderr
     assert "Traceback" not in missing.stderr
 
-    seed_hub_cache(torch_home, seed=1, favour={"person": 10.0})
+    # Every proposal scores about 0.62 person and 0.37 car: --classes car keeps only the cars.
+    seed_hub_cache(torch_home, seed=1, favour={"person": 10.0, "car": 9.5})
     out = tmp_path / "det.json"
     ok = run_cli("detect", str(video), "--arch", ARCH, "--weights", "DEFAULT", "--max-frames", "2",
-                 "--json", str(out), env=env)
+                 "--score-threshold", "0.3", "--classes", "car", "--json", str(out), env=env)
     assert ok.returncode == 0, ok.stderr
     frames = json.loads(out.read_text())["frames"]
     labels = [label for f in frames for label in f["labels"]]
-    assert len(frames) == 2 and labels and set(labels) == {"person"}
+    assert len(frames) == 2 and labels and set(labels) == {"car"}
+    assert all(0.3 <= score < 0.5 for f in frames for score in f["scores"])
 
 
 def test_only_chosen_labels_reach_redis(make_video: Callable[..., Path], detector: Detector, rclient: redis.Redis,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from engines import ARCHS, BACKENDS, EngineError, create_detector
-from pipeline.cli.model_commands import HEAVY_COMMANDS, register
+from pipeline.cli.model_commands import HEAVY_COMMANDS, classes_arg, register
 from pipeline.events.bus import Bus, connect, default_embedded_db
 from pipeline.config import API_TOKEN_ENV, ConfigError, PipelineConfig, load_config, parse_source_arg
 from pipeline.events.contract import detections_key
@@ -169,14 +169,6 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
                    help="also write each camera's frames with boxes, labels and track ids to DIR/<camera>.mp4 (H.264)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars for file sources (default: when stderr is a terminal)")
-
-
-def classes_arg(text: str) -> list[str]:
-    """`--classes person,car`: label names, comma-separated."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected label names such as person,car, got {text!r}")
-    return names
 
 
 def parse_http_arg(value: str) -> tuple[str | None, int]:

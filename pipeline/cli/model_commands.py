@@ -22,6 +22,14 @@ def frame_size_arg(text: str) -> tuple[int, int]:
     return width, height
 
 
+def classes_arg(text: str) -> list[str]:
+    """`--classes person,car`: label names, comma-separated."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected label names such as person,car, got {text!r}")
+    return names
+
+
 def add_model_args(p: argparse.ArgumentParser, weights_required: bool = False) -> None:
     p.add_argument("--arch", choices=ARCHS, default=None,
                    help=f"model architecture (default: the one recorded in the weights file, else {DEFAULT_ARCH})")
@@ -51,6 +59,7 @@ def register(sub: argparse._SubParsersAction, command: str | None) -> None:  # t
     add_model_args(detect)
     detect.add_argument("--backend", choices=BACKENDS, default="auto", help="detector backend (default auto)")
     detect.add_argument("--score-threshold", type=float, default=0.5, metavar="S")
+    detect.add_argument("--classes", type=classes_arg, metavar="A,B", help="keep only these labels, e.g. person,car")
     detect.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     detect.add_argument("--json", type=Path, metavar="OUT", help="write detections here (default: stdout)")
     detect.set_defaults(handler=cmd_detect)
@@ -106,6 +115,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     arch = resolved_arch(args)
     detector = create_detector(args.backend, arch, args.weights, args.score_threshold, frame_size=args.frame_size)
+    keep = None
+    if args.classes:
+        from pipeline.config import EngineConfig
+        from pipeline.inference.detector import DetectionFilter
+
+        keep = DetectionFilter.from_config(EngineConfig(classes=args.classes), detector.label_names)
     frames_out = []
     started = time.perf_counter()
     try:
@@ -114,6 +129,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 if args.max_frames is not None and index >= args.max_frames:
                     break
                 det = detector.detect([frame.to_ndarray(format="rgb24")])[0]
+                if keep is not None:
+                    det = keep(det)
                 frames_out.append({
                     "frame": index,
                     "pts": float(frame.time) if frame.time is not None else None,
