@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torchvision.models import get_model, get_model_weights
 
-from engines import Detector, EngineError
+from engines import Detector, EngineError, create_detector
 from engines.models import build_model
 from pipeline.cli.commands import main
 from pipeline.config import ConfigError, load_config
@@ -74,6 +74,23 @@ def test_default_weights_load_from_the_hub_cache(torch_home: Path, tmp_path: Pat
     ours = features("DEFAULT")
     assert torch.equal(ours, features(tmp_path / "same.pth"))
     assert (ours - features(tmp_path / "other.pth")).abs().max() > 0.1 * ours.abs().max()
+
+
+def test_config_weights_default(torch_home: Path) -> None:
+    seed_hub_cache(torch_home, seed=1, favour={"dog": 10.0})
+    engine = load_config(data={"engine": {"arch": ARCH, "weights": "DEFAULT", "backend": "torch"}}).engine
+    detector = create_detector(engine.backend, engine.arch, engine.weights, engine.score_threshold)
+    assert tuple(detector.label_names) == tuple(CATEGORIES)
+    found = detector.detect([np.full((240, 320, 3), 128, np.uint8)])[0]
+    assert len(found) and {detector.label_name(int(i)) for i in found.labels} == {"dog"}
+
+
+def test_damaged_cache_file_is_named(torch_home: Path) -> None:
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / FILE_NAME).write_bytes(b"not a checkpoint")
+    with pytest.raises(EngineError, match=f"weights file .*{FILE_NAME} is damaged.*delete it"):
+        build_model(ARCH, "DEFAULT")
 
 
 def test_weights_names_are_checked(torch_home: Path) -> None:
