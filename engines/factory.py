@@ -32,7 +32,8 @@ def create_detector(
 ) -> Detector:
     """Build a detector. `frame_size` (width, height) fixes the accelerated backends' static input size.
 
-    Without `weights`, the default architecture uses the weights shipped with the package.
+    Without `weights`, the default architecture uses the weights shipped with the package. `weights` may also
+    name torchvision's COCO weights of `arch` ("DEFAULT", "COCO_V1"), fetched once into the torch hub cache.
     """
     backend = resolve_backend(backend)
     import torch
@@ -51,7 +52,7 @@ def create_detector(
     else:
         from engines.export import cached_export
 
-        exported = cached_export(loaded, Path(weights) if weights else None, frame_size, cache_dir or default_cache_dir())
+        exported = cached_export(loaded, loaded.weights_file, frame_size, cache_dir or default_cache_dir())
         if backend == "onnxruntime":
             from engines.onnx_backend import create_onnxruntime_detector
 
@@ -62,5 +63,6 @@ def create_detector(
             detector = create_tensorrt_detector(
                 loaded, exported, score_threshold, max_batch=max_batch, cache_dir=cache_dir or default_cache_dir()
             )
-    log.info("engine: %s backend, arch %s, %s", backend, arch, f"weights {weights}" if weights else "untrained")
+    log.info("engine: %s backend, arch %s, %s", backend, arch,
+             f"weights {weights} ({loaded.weights_file})" if weights else "untrained")
     return detector

@@ -2,18 +2,25 @@
 
 `fasterrcnn_lite` is the project's own default: a small plain-conv backbone with a single stride-8 feature map,
 an RPN with k = scales x aspect ratios anchors at every position, and a small two-layer box head — light enough to
-train and run on a 2-core CPU. torchvision's builders load users' COCO checkpoints.
+train and run on a 2-core CPU. torchvision's builders load users' COCO checkpoints, or torchvision's own COCO
+weights by name (``--weights DEFAULT``): fetched once through torchvision's weights API into the torch hub cache.
 """
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.error import URLError
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
+from torchvision.models import get_model_weights
+from torchvision.models._api import WeightsEnum
 from torchvision.models.detection import (
     FasterRCNN,
     fasterrcnn_mobilenet_v3_large_320_fpn,
@@ -25,6 +32,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.faster_rcnn import FasterRCNN_ResNet50_FPN_Weights
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from engines.base import ARCHS, DEFAULT_ARCH, TORCHVISION_ARCHS
 from engines.base import EngineError
@@ -102,6 +110,99 @@ class LoadedModel:
     arch: str
     label_names: tuple[str, ...]
     trained: bool  # False when no weights were given: the detections are meaningless
+    weights_file: Path | None = None  # the file the weights were read from (a hub cache file for DEFAULT etc.)
+
+
+#: A weights value in capitals without a folder or suffix (DEFAULT, COCO_V1) names torchvision's weights; a file
+#: named like that is given by its full path.
+_WEIGHTS_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+def is_weights_name(weights: str | Path | None) -> bool:
+    """True when `weights` names torchvision weights (DEFAULT, COCO_V1, ...) rather than a file."""
+    return weights is not None and bool(_WEIGHTS_NAME.match(str(weights)))
+
+
+def torchvision_weights(arch: str, name: str) -> WeightsEnum:
+    """torchvision's weights `name` (e.g. DEFAULT, COCO_V1) of `arch`, from its weights enum."""
+    if arch not in _TORCHVISION_BUILDERS:
+        raise EngineError(
+            f"weights {name}: arch {arch!r} has no torchvision weights; pass --arch (engine.arch) one of: "
+            f"{', '.join(_TORCHVISION_BUILDERS)} (a file named {name}: give its full path)"
+        )
+    enum = get_model_weights(_TORCHVISION_BUILDERS[arch])
+    try:
+        return enum[name]
+    except KeyError:
+        raise EngineError(
+            f"weights {name}: torchvision has no such weights for {arch}; choose one of: {', '.join(enum.__members__)}"
+        ) from None
+
+
+def hub_checkpoint(weights: WeightsEnum) -> Path:
+    """Where torch.hub keeps (or will keep) the file of `weights`: $TORCH_HOME/hub/checkpoints/<file>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def load_torchvision_state(weights: WeightsEnum, progress: bool = True) -> dict[str, torch.Tensor]:
+    """The state dict of `weights`: downloaded once into the hub cache (torchvision's checksum), then reused."""
+    path = hub_checkpoint(weights)
+    if not path.is_file():
+        log.info("downloading %s to %s (once; later runs reuse it)", weights.url, path)
+    try:
+        # check_hash: the download must match the hash prefix in torchvision's file name.
+        # weights_only=True: a checkpoint must never be able to run code when loaded.
+        state = weights.get_state_dict(progress=progress, check_hash=True, weights_only=True, map_location="cpu")
+    except (URLError, OSError) as exc:
+        if path.is_file():
+            raise EngineError(f"weights file {path} cannot be read: {exc}") from exc
+        reason = getattr(exc, "reason", None) or exc
+        raise EngineError(
+            f"cannot download torchvision's {weights} weights {path.name} from {weights.url} ({reason}). "
+            f"Offline? Copy that file by hand to {path} ($TORCH_HOME/hub/checkpoints/{path.name}) and run again"
+        ) from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise EngineError(
+            f"weights file {path} is damaged or not torchvision's ({str(exc).splitlines()[0]}): delete it and run "
+            f"again to download it from {weights.url}"
+        ) from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EngineError(f"weights file {path} holds no state dict of tensors: delete it and run again")
+    return state
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d by a FrozenBatchNorm2d, as torchvision builds its pretrained detectors (and as
+    their checkpoints are saved); in eval mode both compute the same."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+def torchvision_model(arch: str, num_classes: int, **kwargs: object) -> FasterRCNN:
+    """torchvision's `arch`, untrained and offline: no COCO weights and no ImageNet backbone download
+    (weights_backbone=None; the mobilenet builders would otherwise fetch it)."""
+    return _TORCHVISION_BUILDERS[arch](weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+
+
+def pretrained_torchvision(arch: str, name: str, progress: bool = True) -> LoadedModel:
+    """torchvision's COCO detector `arch` with its weights `name`, label names from the weights' meta."""
+    weights = torchvision_weights(arch, name)
+    state = load_torchvision_state(weights, progress)
+    label_names = tuple(weights.meta["categories"])
+    model = freeze_batchnorm(torchvision_model(arch, len(label_names)))
+    _check_fits(model, state, arch, hub_checkpoint(weights))
+    model.load_state_dict(state)
+    model.eval()
+    log.info("loaded torchvision's %s (%s) from %s", arch, weights, hub_checkpoint(weights))
+    return LoadedModel(model=model, arch=arch, label_names=label_names, trained=True,
+                       weights_file=hub_checkpoint(weights))
 
 
 def default_weights(arch: str) -> Path | None:
@@ -114,20 +215,23 @@ def build_model(arch: str = DEFAULT_ARCH, weights: str | Path | None = None) -> 
     """Build `arch` and load `weights` (a state dict, or our checkpoint dict with a "model" entry)."""
     if arch not in ARCHS:
         raise EngineError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+    if is_weights_name(weights):
+        return pretrained_torchvision(arch, str(weights))
     state, label_names = _read_checkpoint(weights) if weights is not None else (None, None)
     if arch == DEFAULT_ARCH:
         label_names = label_names or SYNTH_LABELS
         model = fasterrcnn_lite(num_classes=len(label_names))
     else:
         label_names = label_names or COCO_LABELS
-        model = _TORCHVISION_BUILDERS[arch](weights=None, weights_backbone=None, num_classes=len(label_names))
+        model = torchvision_model(arch, len(label_names))
     if state is not None:
         _check_fits(model, state, arch, weights)  # type: ignore[arg-type]
         model.load_state_dict(state)
     else:
         log.warning("no weights given for %s: the model is randomly initialised and its detections mean nothing", arch)
     model.eval()
-    return LoadedModel(model=model, arch=arch, label_names=tuple(label_names), trained=state is not None)
+    return LoadedModel(model=model, arch=arch, label_names=tuple(label_names), trained=state is not None,
+                       weights_file=Path(weights) if weights is not None else None)
 
 
 def _read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...] | None]:
@@ -164,8 +268,9 @@ def _labels_for_classifier(state: dict[str, torch.Tensor]) -> tuple[str, ...] | 
 
 def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], arch: str, path: str | Path) -> None:
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
+    # BatchNorm's step counter is not a weight: torchvision's checkpoints (FrozenBatchNorm2d) have none.
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected and not k.endswith("num_batches_tracked")]
     mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or mismatched:
         raise EngineError(

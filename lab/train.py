@@ -126,14 +126,18 @@ class TrainResult:
 
 def build_train_model(config: TrainConfig, num_classes: int) -> nn.Module:
     """The arch with `num_classes` outputs, freshly initialised (from torch's current RNG state)."""
-    from engines.models import _TORCHVISION_BUILDERS, fasterrcnn_lite
+    from engines.models import _TORCHVISION_BUILDERS, fasterrcnn_lite, freeze_batchnorm, is_weights_name
+    from engines.models import torchvision_model
 
     size_kw = {k: v for k, v in (("min_size", config.min_size), ("max_size", config.max_size)) if v is not None}
     if config.arch == DEFAULT_ARCH:
         model = fasterrcnn_lite(num_classes=num_classes, **size_kw)
     elif config.arch in _TORCHVISION_BUILDERS:
-        model = _TORCHVISION_BUILDERS[config.arch](weights=None, weights_backbone=None, num_classes=num_classes,
-                                                   **size_kw)
+        model = torchvision_model(config.arch, num_classes, **size_kw)
+        if is_weights_name(config.init):
+            # Fine-tuning torchvision's COCO weights: its BatchNorm statistics stay fixed, as torchvision builds
+            # every pretrained detector (small batches would otherwise wreck them).
+            freeze_batchnorm(model)
     else:
         raise EngineError(f"unknown arch {config.arch!r}; choose one of: {', '.join(ARCHS)}")
     if config.train_sizes:
@@ -226,9 +230,16 @@ def _use_matmul_roi_align(model: nn.Module) -> None:
         pool.__class__ = _MatmulRoIAlign
 
 
-def _load_init(model: nn.Module, path: str) -> None:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    state = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
+def _load_init(model: nn.Module, path: str, arch: str) -> None:
+    """Load the tensors of `path` that fit `model`: a file, or torchvision's weights of `arch` by name (DEFAULT,
+    COCO_V1: from the torch hub cache, downloaded once); a box predictor for other classes starts afresh."""
+    from engines.models import is_weights_name, load_torchvision_state, torchvision_weights
+
+    if is_weights_name(path):
+        state = load_torchvision_state(torchvision_weights(arch, path))
+    else:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        state = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
     own = model.state_dict()
     fit = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(fit, strict=False)
@@ -373,7 +384,7 @@ def train(
     total = total_steps(config, epoch_len)
     model = build_train_model(config, len(label_names))
     if config.init and ckpt is None:
-        _load_init(model, config.init)
+        _load_init(model, config.init, config.arch)
     optimizer = build_optimizer(model, config)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -479,7 +490,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", type=Path, metavar="CKPT",
                         help="continue a run from its last.pt (its saved config is used; data/schedule args ignored)")
     parser.add_argument("--arch", choices=ARCHS, default=d.arch, help=f"architecture (default {d.arch})")
-    parser.add_argument("--init", type=Path, metavar="FILE", help="start from these weights (matching tensors)")
+    parser.add_argument("--init", type=Path, metavar="FILE|NAME",
+                        help="start from these weights (the tensors that fit): a file, or torchvision's COCO weights "
+                        "of --arch by name (DEFAULT, COCO_V1), downloaded once into the torch hub cache")
     data = parser.add_argument_group("data (default: synthetic scenes rendered on the fly)")
     data.add_argument("--seeds", default=d.seeds, metavar="A-B",
                       help=f"synthetic scene seeds to train on (default {d.seeds}; seeds >= {HELD_OUT_SEED} are "

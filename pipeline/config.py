@@ -6,6 +6,9 @@ cameras:
     url: rtsp://user:pass@10.0.0.5/stream1
     transport: tcp
 engine: {backend: auto, arch: fasterrcnn_lite, weights: null, score_threshold: 0.5}
+# COCO detector in one step, keeping only people and cars (docs/model.md):
+# engine: {arch: fasterrcnn_mobilenet_v3_large_fpn, weights: DEFAULT, classes: [person, car],
+#          filters: {person: {min_score: 0.6, min_area: 400}}}
 batching: {max_batch: 4, max_delay_ms: 20}
 redis: {url: null, prefix: rpn, maxlen: 10000, buffer_max_entries: 100000}
 server: {host: 127.0.0.1, port: 8080}   # HTTP API, metrics, live view (docs/api.md); token: env RPN_API_TOKEN
@@ -62,10 +65,23 @@ class CameraConfig(_Strict):
         return value
 
 
+class ClassFilter(_Strict):
+    """Extra conditions a detection of one label must meet to be kept (on top of engine.score_threshold)."""
+
+    min_score: float | None = Field(None, ge=0.0, le=1.0, description="Drop this label's boxes scoring below.")
+    min_area: float | None = Field(None, ge=0.0, description="Drop this label's boxes smaller (width x height, "
+                                   "in source pixels).")
+
+
 class EngineConfig(_Strict):
     backend: Literal[BACKENDS] = "auto"  # type: ignore[valid-type]
     arch: Literal[ARCHS] = DEFAULT_ARCH  # type: ignore[valid-type]
-    weights: Path | None = None
+    weights: Path | None = Field(None, description="A weights file, or torchvision's COCO weights of the arch by "
+                                 "name (DEFAULT, COCO_V1), downloaded once into the torch hub cache.")
+    classes: list[str] | None = Field(None, min_length=1, description="Keep only detections of these labels "
+                                      "(the model's label names); null: all.")
+    filters: dict[str, ClassFilter] = Field(default_factory=dict, description="Per-label min_score / min_area, "
+                                            "e.g. {person: {min_score: 0.6, min_area: 400}}.")
     score_threshold: float = Field(0.5, ge=0.0, le=1.0)
     threads: int | None = Field(None, ge=1, description="CPU threads for the engine (default: all cores).")
     device: str = "cpu"
@@ -79,6 +95,23 @@ class EngineConfig(_Strict):
         if min(value) < 32 or max(value) > 8192:
             raise ValueError("width and height must be between 32 and 8192")
         return value
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError(f"a label is listed twice: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _filters_of_kept_classes(self) -> EngineConfig:
+        # Label names are checked against the model when it is loaded (pipeline/inference/detector.py).
+        if self.classes is not None:
+            dropped = [name for name in self.filters if name not in self.classes]
+            if dropped:
+                raise ValueError(f"filters: {', '.join(dropped)} not in classes {self.classes}: "
+                                 "its detections are dropped anyway")
+        return self
 
 
 class BatchingConfig(_Strict):

@@ -20,7 +20,7 @@ from engines.base import Detector
 from pipeline.monitor.annotate import AnnotatedVideoWriter
 from pipeline.inference.batcher import Batcher, CameraQueues
 from pipeline.config import CameraConfig, PipelineConfig
-from pipeline.inference.detector import DetectorStage
+from pipeline.inference.detector import DetectionFilter, DetectorStage
 from pipeline.events.contract import camera_state_event
 from pipeline.monitor.metrics import PipelineMetrics
 from pipeline.events.publisher import EventPublisher, PublisherStage, PublisherStats, make_outbox
@@ -100,6 +100,7 @@ class Pipeline:
     ) -> None:
         """`client` need not reach Redis yet: entries wait in the publisher's buffer until it does.
         `redis_where` names the server in log lines (a URL without password; default: from the client)."""
+        keep = DetectionFilter.from_config(config.engine, detector.label_names)  # first: a bad label starts nothing
         self.config = config
         self.detector = detector
         self.ctx = RunContext()
@@ -123,7 +124,8 @@ class Pipeline:
         self.stages: list[Stage] = [
             batcher,
             DetectorStage(batches, detected, self.ctx, detector, batcher.demand,
-                          keep_images="all" if self.writer else "latest", on_batch=self.metrics.observe_batch),
+                          keep_images="all" if self.writer else "latest", on_batch=self.metrics.observe_batch,
+                          keep=keep),
             TrackerStage(detected, tracked, self.ctx, detector.label_names, self.events.publish),
             ViewStage(tracked, viewed, self.ctx, self.view, self.writer, self._is_live,
                       self.metrics.frame_age.observe, self._on_stream_drained),

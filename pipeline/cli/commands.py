@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from engines import ARCHS, BACKENDS, EngineError, create_detector
-from pipeline.cli.model_commands import HEAVY_COMMANDS, register
+from pipeline.cli.model_commands import HEAVY_COMMANDS, classes_arg, register
 from pipeline.events.bus import Bus, connect, default_embedded_db
 from pipeline.config import API_TOKEN_ENV, ConfigError, PipelineConfig, load_config, parse_source_arg
 from pipeline.events.contract import detections_key
@@ -138,8 +138,12 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, help="detector backend (default auto)")
     p.add_argument("--arch", choices=ARCHS, help="model architecture")
-    p.add_argument("--weights", type=Path, metavar="FILE", help="model weights (.pth state dict or checkpoint)")
+    p.add_argument("--weights", type=Path, metavar="FILE|NAME",
+                   help="model weights: a .pth state dict or checkpoint, or torchvision's COCO weights of --arch by "
+                   "name (DEFAULT, COCO_V1), downloaded once into the torch hub cache")
     p.add_argument("--score-threshold", type=float, metavar="S", help="drop detections scoring below S (0..1)")
+    p.add_argument("--classes", type=classes_arg, metavar="A,B",
+                   help="keep only these labels, e.g. person,car (engine.classes; per-label filters: config file)")
 
 
 def _add_redis_args(p: argparse.ArgumentParser) -> None:
@@ -203,7 +207,8 @@ def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
         config.cameras.append(camera)
     overrides = {
         ("engine", "backend"): args.backend, ("engine", "arch"): args.arch, ("engine", "weights"): args.weights,
-        ("engine", "score_threshold"): args.score_threshold, ("batching", "max_batch"): args.max_batch,
+        ("engine", "score_threshold"): args.score_threshold, ("engine", "classes"): args.classes,
+        ("batching", "max_batch"): args.max_batch,
         ("batching", "max_delay_ms"): args.max_delay_ms,
         ("redis", "url"): expand_env(args.redis_url, "--redis-url") if args.redis_url else None,
         ("redis", "prefix"): args.prefix, ("redis", "ca_file"): args.redis_ca_file,

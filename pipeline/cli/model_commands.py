@@ -22,19 +22,30 @@ def frame_size_arg(text: str) -> tuple[int, int]:
     return width, height
 
 
+def classes_arg(text: str) -> list[str]:
+    """`--classes person,car`: label names, comma-separated."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected label names such as person,car, got {text!r}")
+    return names
+
+
 def add_model_args(p: argparse.ArgumentParser, weights_required: bool = False) -> None:
     p.add_argument("--arch", choices=ARCHS, default=None,
                    help=f"model architecture (default: the one recorded in the weights file, else {DEFAULT_ARCH})")
-    p.add_argument("--weights", type=Path, metavar="FILE", required=weights_required,
-                   help="weights: a torchvision state dict (.pth) or a checkpoint written by `train`")
+    p.add_argument("--weights", type=Path, metavar="FILE|NAME", required=weights_required,
+                   help="weights: a torchvision state dict (.pth), a checkpoint written by `train`, or the name of "
+                   "torchvision's COCO weights of --arch (DEFAULT, COCO_V1), downloaded once into the torch hub cache")
     p.add_argument("--frame-size", type=frame_size_arg, default=(640, 360), metavar="WxH",
                    help="frame size the exported engine is built for (default 640x360)")
 
 
 def resolved_arch(args: argparse.Namespace) -> str:
+    from engines.models import is_weights_name
     from lab.evaluate import checkpoint_arch
 
-    return args.arch or (checkpoint_arch(args.weights) if args.weights else None) or DEFAULT_ARCH
+    from_file = checkpoint_arch(args.weights) if args.weights and not is_weights_name(args.weights) else None
+    return args.arch or from_file or DEFAULT_ARCH
 
 
 def register(sub: argparse._SubParsersAction, command: str | None) -> None:  # type: ignore[type-arg]
@@ -48,6 +59,7 @@ def register(sub: argparse._SubParsersAction, command: str | None) -> None:  # t
     add_model_args(detect)
     detect.add_argument("--backend", choices=BACKENDS, default="auto", help="detector backend (default auto)")
     detect.add_argument("--score-threshold", type=float, default=0.5, metavar="S")
+    detect.add_argument("--classes", type=classes_arg, metavar="A,B", help="keep only these labels, e.g. person,car")
     detect.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     detect.add_argument("--json", type=Path, metavar="OUT", help="write detections here (default: stdout)")
     detect.set_defaults(handler=cmd_detect)
@@ -103,6 +115,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     arch = resolved_arch(args)
     detector = create_detector(args.backend, arch, args.weights, args.score_threshold, frame_size=args.frame_size)
+    keep = None
+    if args.classes:
+        from pipeline.config import EngineConfig
+        from pipeline.inference.detector import DetectionFilter
+
+        keep = DetectionFilter.from_config(EngineConfig(classes=args.classes), detector.label_names)
     frames_out = []
     started = time.perf_counter()
     try:
@@ -111,6 +129,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 if args.max_frames is not None and index >= args.max_frames:
                     break
                 det = detector.detect([frame.to_ndarray(format="rgb24")])[0]
+                if keep is not None:
+                    det = keep(det)
                 frames_out.append({
                     "frame": index,
                     "pts": float(frame.time) if frame.time is not None else None,
@@ -153,7 +173,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     arch = resolved_arch(args)
     weights = args.weights or default_weights(arch)
     loaded = build_model(arch, weights)
-    exported = export_onnx(loaded, args.out, args.frame_size, weights)
+    exported = export_onnx(loaded, args.out, args.frame_size, loaded.weights_file)
     problems = []
     for path in (exported.dense_path, exported.box_head_path):
         bad = unsupported_ops(onnx.load(str(path)))
@@ -179,7 +199,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     weights = args.weights or default_weights(arch)
     cache = args.cache_dir or default_cache_dir()
     loaded = build_model(arch, weights)
-    exported = cached_export(loaded, weights, args.frame_size, cache)
+    exported = cached_export(loaded, loaded.weights_file, args.frame_size, cache)
     fp16 = not args.fp32
     dense = build_engine(exported.dense_path, cache / "tensorrt", args.min_batch, args.opt_batch, args.max_batch, fp16)
     rois = rois_profile(args.opt_batch, args.max_batch, int(loaded.model.rpn.post_nms_top_n()))

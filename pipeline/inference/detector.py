@@ -1,18 +1,88 @@
-"""Detector stage: runs the engine on each batch and releases the images (but those a later stage needs)."""
+"""Detector stage: runs the engine on each batch, keeps the chosen labels (engine.classes / engine.filters) and
+releases the images (but those a later stage needs)."""
 from __future__ import annotations
 
+import difflib
 import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
-from engines.base import Detector
+import numpy as np
+
+from engines.base import Detections, Detector
+from pipeline.config import ConfigError, EngineConfig
 from pipeline.frame import Batch, BatchResult, FrameResult
 from pipeline.stage import Channel, RunContext, Stage
 
 log = logging.getLogger(__name__)
+
+#: Label names that are placeholders, not classes (torchvision's COCO list has both).
+_NOT_A_CLASS = ("__background__", "N/A")
+
+
+@dataclass(frozen=True)
+class DetectionFilter:
+    """Which detections go on to the tracker and Redis: per label id, kept or not, a minimum score and a minimum
+    box area (width x height, source pixels)."""
+
+    keep: np.ndarray  # bool [num_labels]
+    min_score: np.ndarray  # float32 [num_labels]
+    min_area: np.ndarray  # float32 [num_labels]
+
+    @classmethod
+    def from_config(cls, engine: EngineConfig, label_names: Sequence[str]) -> DetectionFilter | None:
+        """The filter of engine.classes / engine.filters for a model with `label_names`; None when both are unset.
+
+        A label the model does not have is a ConfigError naming it, with the closest label names.
+        """
+        if engine.classes is None and not engine.filters:
+            return None
+        index = {name: i for i, name in enumerate(label_names) if name not in _NOT_A_CLASS}
+
+        def label_id(name: str, key: str) -> int:
+            if name not in index:
+                close = difflib.get_close_matches(name, list(index), n=3, cutoff=0.6)
+                hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+                raise ConfigError(f"engine.{key}: the model has no label {name!r}; {hint}its labels: "
+                                  f"{', '.join(index)}")
+            return index[name]
+
+        n = len(label_names)
+        keep = np.ones(n, bool)
+        if engine.classes is not None:
+            keep[:] = False
+            keep[[label_id(name, "classes") for name in engine.classes]] = True
+        min_score = np.zeros(n, np.float32)
+        min_area = np.zeros(n, np.float32)
+        for name, rule in engine.filters.items():
+            i = label_id(name, f"filters.{name}")
+            if rule.min_score is not None:
+                if rule.min_score < engine.score_threshold:
+                    log.warning("engine.filters.%s.min_score %.2f is below engine.score_threshold %.2f, which the "
+                                "engine applies first", name, rule.min_score, engine.score_threshold)
+                min_score[i] = rule.min_score
+            if rule.min_area is not None:
+                min_area[i] = rule.min_area
+        log.info("keeping %s", ", ".join(
+            name + "".join(f" {k}>={v:g}" for k, v in (("score", min_score[i]), ("area", min_area[i])) if v)
+            for name, i in index.items() if keep[i]))
+        return cls(keep=keep, min_score=min_score, min_area=min_area)
+
+    def __call__(self, det: Detections) -> Detections:
+        if len(det) == 0:
+            return det
+        labels = det.labels
+        known = (labels >= 0) & (labels < self.keep.shape[0])
+        ids = np.where(known, labels, 0)
+        area = (det.boxes[:, 2] - det.boxes[:, 0]) * (det.boxes[:, 3] - det.boxes[:, 1])
+        mask = known & self.keep[ids] & (det.scores >= self.min_score[ids]) & (area >= self.min_area[ids])
+        if mask.all():
+            return det
+        return Detections(boxes=det.boxes[mask], scores=det.scores[mask], labels=labels[mask])
 
 
 class DetectorStage(Stage):
@@ -21,9 +91,11 @@ class DetectorStage(Stage):
         demand: threading.Event | None = None,
         keep_images: Literal["none", "latest", "all"] = "none",
         on_batch: Callable[[int, float], None] | None = None,
+        keep: DetectionFilter | None = None,
     ) -> None:
         super().__init__("detector", inbox, outbox, ctx)
         self.engine = engine
+        self.keep = keep  # engine.classes / engine.filters: what is dropped here never reaches the tracker or Redis
         self.demand = demand  # the batcher's: ask for a batch only when about to run one
         # Images that go on to later stages: "latest" keeps each camera's last frame of a batch (the live view
         # shows only the newest), "all" every frame (annotated video). The view stage releases them.
@@ -46,6 +118,8 @@ class DetectorStage(Stage):
         self.batch_latencies_s.append(latency)
         if len(detections) != len(item.frames):
             raise RuntimeError(f"engine returned {len(detections)} results for {len(item.frames)} frames")
+        if self.keep is not None:
+            detections = [self.keep(d) for d in detections]
         self.batch_sizes[len(item.frames)] += 1
         self.multi_stream_batches += len({f.stream for f in item.frames}) > 1
         if self.on_batch is not None:
