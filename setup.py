@@ -36,13 +36,15 @@ setup(
         "uvicorn>=0.29",
         "prometheus-client>=0.20",
         "Pillow>=10",  # JPEG for the live view
+        "shapely>=2.0",  # zone polygons: validity, containment (pipeline/analytics)
     ],
     extras_require={
         "tensorrt": ["tensorrt>=10,<11"],
         # trustme: throwaway CA and certificates for the TLS tests against a real redis-server.
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "httpx>=0.27", "trustme>=1.1", "import-linter>=2.1"],
         # `eval-tracking` compares our tracker with the trackers package's ByteTrack and OC-SORT.
-        "eval": ["trackers>=2"],
+        # eval-analytics compares our line counting with supervision's LineZone.
+        "eval": ["trackers>=2", "supervision>=0.25"],
     },
     entry_points={"console_scripts": ["rpn-pipeline=pipeline.cli:main"]},
 )

@@ -98,6 +98,8 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _add_redis_args(subscribe)
     subscribe.add_argument("--events", action="store_true",
                            help="read <prefix>:events (camera state, track lifecycle) instead of frames")
+    subscribe.add_argument("--type", action="append", metavar="TYPE", dest="types",
+                           help="with --events: only events of this type, e.g. line_cross or zone_enter (repeatable)")
     subscribe.add_argument("--group", metavar="G", help="read in consumer group G (at-least-once, with acks)")
     subscribe.add_argument("--consumer", metavar="C", help="this reader's name in the group; keep it across restarts")
     subscribe.add_argument("--since", metavar="TIME",
@@ -425,7 +427,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     if bus is None:
         return EXIT_USAGE
     subscriber = Subscriber(bus.client, args.prefix or "rpn", args.camera, from_start=args.from_start, since=since,
-                            events=args.events, group=args.group, consumer=args.consumer)
+                            events=args.events, group=args.group, consumer=args.consumer, types=args.types)
     printed = 0
     try:
         # With --count, read no more than will be printed: a group then delivers nothing left unacknowledged.
@@ -449,6 +451,8 @@ def _subscribe_usage_error(args: argparse.Namespace) -> str | None:
     if args.group and not args.consumer:
         return ("--group needs --consumer NAME (a name kept across restarts, so that a restarted reader gets back "
                 "the entries it had not acknowledged)")
+    if args.types and not args.events:
+        return "--type filters events: add --events"
     if args.consumer and not args.group:
         return "--consumer needs --group NAME"
     if args.since is not None and args.from_start:

@@ -1,0 +1,131 @@
+"""Zones: polygons (shapely) that objects enter, stay in and leave, with occupancy and overcrowding."""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import shapely
+
+from pipeline.analytics.objects import Emitter, FrameObjects, Selection
+from pipeline.config import ZoneConfig
+
+INSIDE, OUTSIDE, UNKNOWN = 1, -1, 0
+
+
+class Zones:
+    """All zones of one camera: per zone and track, inside/outside (with hysteresis), entries, exits, occupancy.
+
+    A reference point counts as inside (or outside) only once it is further than the dead band from the border
+    (`hysteresis` x the box height); within the band a track keeps its last state, so jitter on the border gives
+    no events. An object first seen inside a zone enters it then.
+    """
+
+    def __init__(self, configs: Sequence[ZoneConfig], label_names: Sequence[str], capacity: int) -> None:
+        self.configs = list(configs)
+        self.names = [c.name for c in configs]
+        self.select = Selection(configs, label_names)
+        r = len(configs)
+        self.state = np.zeros((r, capacity), np.int8)
+        self.entered = np.zeros((r, capacity))  # pts of entry
+        self.dwelt = np.zeros((r, capacity), bool)  # zone_dwell already sent for this visit
+        self.dwell_s = np.array([c.dwell_s if c.dwell_s is not None else np.inf for c in configs])[:, None]
+        self.inside: list[dict[int, str]] = [{} for _ in configs]  # track id -> label, of the objects inside
+        self.entries: list[Counter[str]] = [Counter() for _ in configs]  # by label
+        self.exits: list[Counter[str]] = [Counter() for _ in configs]
+        self.polygons: list[np.ndarray] = []
+
+    def adopt(self, old: Zones) -> None:
+        """Keep the state and counts of zones whose definition did not change."""
+        for r, c in enumerate(self.configs):
+            if c.name in old.names and old.configs[k := old.names.index(c.name)] == c:
+                self.state[r], self.entered[r], self.dwelt[r] = old.state[k], old.entered[k], old.dwelt[k]
+                self.inside[r], self.entries[r], self.exits[r] = old.inside[k], old.entries[k], old.exits[k]
+
+    def resize(self, width: int, height: int) -> None:
+        """Pixel geometry for frames of this size (normalised points scale with it)."""
+        self.polygons = [np.asarray(c.pixel_points(width, height), np.float64) for c in self.configs]
+        self._shapes = np.array([shapely.Polygon(p) for p in self.polygons], dtype=object)[:, None]
+        shapely.prepare(self._shapes)
+        # Every zone's edges in one array, padded with copies of its first edge, for one distance computation
+        edges = max((len(p) for p in self.polygons), default=0)
+        a = np.zeros((len(self.polygons), edges, 2))
+        b = np.zeros_like(a)
+        for r, p in enumerate(self.polygons):
+            q = np.roll(p, -1, axis=0)
+            a[r], b[r] = np.resize(p, (edges, 2)), np.resize(q, (edges, 2))
+        self._ax, self._ay = a[:, None, :, 0], a[:, None, :, 1]  # [R, 1, E]
+        self._dx, self._dy = b[:, None, :, 0] - self._ax, b[:, None, :, 1] - self._ay
+        self._len2 = np.maximum(self._dx ** 2 + self._dy ** 2, 1e-12)
+
+    def grow(self, capacity: int) -> None:
+        r, n = len(self.configs), capacity - self.state.shape[1]
+        self.state = np.concatenate([self.state, np.zeros((r, n), np.int8)], axis=1)
+        self.entered = np.concatenate([self.entered, np.zeros((r, n))], axis=1)
+        self.dwelt = np.concatenate([self.dwelt, np.zeros((r, n), bool)], axis=1)
+
+    def classify(self, x: np.ndarray, y: np.ndarray, band: np.ndarray) -> np.ndarray:
+        """INSIDE, OUTSIDE, or UNKNOWN (within `band` pixels of the border) per zone and point [R, N]."""
+        out = np.where(shapely.contains_xy(self._shapes, x, y), INSIDE, OUTSIDE).astype(np.int8)
+        px, py = x[:, :, None] - self._ax, y[:, :, None] - self._ay  # [R, N, E]
+        t = np.clip((px * self._dx + py * self._dy) / self._len2, 0.0, 1.0)
+        ex, ey = px - t * self._dx, py - t * self._dy
+        out[(ex * ex + ey * ey).min(axis=2) < band * band] = UNKNOWN
+        return out
+
+    def update(self, obj: FrameObjects, emit: Emitter) -> None:
+        if not self.configs or not len(obj.ids):
+            return
+        rows = obj.rows
+        keep = self.select.mask(obj)
+        x, y = self.select.points(obj)
+        seen = self.classify(x, y, self.select.band(obj))
+        prev = self.state[:, rows]
+        new = np.where(keep & (seen != UNKNOWN), seen, prev)
+        self.state[:, rows] = new
+        changed = new != prev
+        if changed.any():
+            pairs = list(zip(*np.nonzero(changed)))
+            for r, j in pairs:  # exits first: occupancy never counts one object twice
+                if prev[r, j] == INSIDE:
+                    self._exit(r, int(j), int(obj.ids[j]), int(rows[j]), emit, "left")
+            for r, j in pairs:
+                if new[r, j] == INSIDE:
+                    row, inside = int(rows[j]), self.inside[r]
+                    self.entered[r, row], self.dwelt[r, row] = obj.pts, False
+                    label = emit.label(int(j))
+                    inside[int(obj.ids[j])] = label
+                    self.entries[r][label] += 1
+                    emit(int(j), "zone_enter", self.names[r])
+                    emit(int(j), "zone_occupancy", self.names[r], len(inside), len(inside) - 1,
+                         self.configs[r].max_objects)
+        due = (new == INSIDE) & (obj.pts - self.entered[:, rows] >= self.dwell_s)
+        if due.any():
+            due &= ~self.dwelt[:, rows]
+            for r, j in zip(*np.nonzero(due)):
+                row = int(rows[j])
+                self.dwelt[r, row] = True
+                emit(int(j), "zone_dwell", self.names[r], float(self.entered[r, row]), float(self.dwell_s[r, 0]))
+
+    def release(self, row: int, track_id: int, emit: Emitter, reason: str) -> None:
+        """A track is gone (lost, stream ended): it leaves the zones it was in. `emit` holds its last sighting."""
+        for r in np.flatnonzero(self.state[:, row] == INSIDE):
+            self._exit(int(r), -1, track_id, row, emit, reason)
+        self.state[:, row], self.dwelt[:, row] = UNKNOWN, False
+
+    def _exit(self, r: int, i: int, track_id: int, row: int, emit: Emitter, reason: str) -> None:
+        inside = self.inside[r]
+        label = inside.pop(track_id, None) or emit.label(i)
+        self.exits[r][label] += 1
+        emit(i, "zone_exit", self.names[r], float(self.entered[r, row]), reason)
+        emit(i, "zone_occupancy", self.names[r], len(inside), len(inside) + 1, self.configs[r].max_objects)
+
+    def overcrowded(self, r: int) -> bool:
+        limit = self.configs[r].max_objects
+        return limit is not None and len(self.inside[r]) > limit
+
+    def counts(self) -> dict[str, dict[str, object]]:
+        return {c.name: {"occupancy": len(self.inside[r]), "occupancy_by_label": dict(Counter(self.inside[r].values())),
+                         "overcrowded": self.overcrowded(r), "max_objects": c.max_objects,
+                         "entries": dict(self.entries[r]), "exits": dict(self.exits[r])}
+                for r, c in enumerate(self.configs)}
