@@ -28,6 +28,8 @@ class Zones:
         r = len(configs)
         self.state = np.zeros((r, capacity), np.int8)
         self.entered = np.zeros((r, capacity))  # pts of entry
+        self.raw = np.zeros((r, capacity), np.int8)  # last side of the border, without the dead band
+        self.flip = np.zeros((r, capacity))  # pts of the first sighting on that side: when it crossed the border
         self.dwelt = np.zeros((r, capacity), bool)  # zone_dwell already sent for this visit
         self.dwell_s = np.array([c.dwell_s if c.dwell_s is not None else np.inf for c in configs])[:, None]
         self.inside: list[dict[int, str]] = [{} for _ in configs]  # track id -> label, of the objects inside
@@ -40,6 +42,7 @@ class Zones:
         for r, c in enumerate(self.configs):
             if c.name in old.names and old.configs[k := old.names.index(c.name)] == c:
                 self.state[r], self.entered[r], self.dwelt[r] = old.state[k], old.entered[k], old.dwelt[k]
+                self.raw[r], self.flip[r] = old.raw[k], old.flip[k]
                 self.inside[r], self.entries[r], self.exits[r] = old.inside[k], old.entries[k], old.exits[k]
 
     def resize(self, width: int, height: int) -> None:
@@ -63,15 +66,19 @@ class Zones:
         self.state = np.concatenate([self.state, np.zeros((r, n), np.int8)], axis=1)
         self.entered = np.concatenate([self.entered, np.zeros((r, n))], axis=1)
         self.dwelt = np.concatenate([self.dwelt, np.zeros((r, n), bool)], axis=1)
+        self.raw = np.concatenate([self.raw, np.zeros((r, n), np.int8)], axis=1)
+        self.flip = np.concatenate([self.flip, np.zeros((r, n))], axis=1)
 
-    def classify(self, x: np.ndarray, y: np.ndarray, band: np.ndarray) -> np.ndarray:
-        """INSIDE, OUTSIDE, or UNKNOWN (within `band` pixels of the border) per zone and point [R, N]."""
-        out = np.where(shapely.contains_xy(self._shapes, x, y), INSIDE, OUTSIDE).astype(np.int8)
+    def classify(self, x: np.ndarray, y: np.ndarray, band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per zone and point [R, N]: the side of the border (INSIDE or OUTSIDE), and the same with UNKNOWN within
+        `band` pixels of the border."""
+        raw = np.where(shapely.contains_xy(self._shapes, x, y), INSIDE, OUTSIDE).astype(np.int8)
+        out = raw.copy()
         px, py = x[:, :, None] - self._ax, y[:, :, None] - self._ay  # [R, N, E]
         t = np.clip((px * self._dx + py * self._dy) / self._len2, 0.0, 1.0)
         ex, ey = px - t * self._dx, py - t * self._dy
         out[(ex * ex + ey * ey).min(axis=2) < band * band] = UNKNOWN
-        return out
+        return raw, out
 
     def update(self, obj: FrameObjects, emit: Emitter) -> None:
         if not self.configs or not len(obj.ids):
@@ -79,7 +86,11 @@ class Zones:
         rows = obj.rows
         keep = self.select.mask(obj)
         x, y = self.select.points(obj)
-        seen = self.classify(x, y, self.select.band(obj))
+        raw, seen = self.classify(x, y, self.select.band(obj))
+        crossed = keep & (raw != self.raw[:, rows])
+        if crossed.any():
+            r, j = np.nonzero(crossed)
+            self.raw[r, rows[j]], self.flip[r, rows[j]] = raw[r, j], obj.pts
         prev = self.state[:, rows]
         new = np.where(keep & (seen != UNKNOWN), seen, prev)
         self.state[:, rows] = new
@@ -88,15 +99,15 @@ class Zones:
             pairs = list(zip(*np.nonzero(changed)))
             for r, j in pairs:  # exits first: occupancy never counts one object twice
                 if prev[r, j] == INSIDE:
-                    self._exit(r, int(j), int(obj.ids[j]), int(rows[j]), emit, "left")
+                    self._exit(r, int(j), int(obj.ids[j]), int(rows[j]), emit, "left", float(self.flip[r, rows[j]]))
             for r, j in pairs:
                 if new[r, j] == INSIDE:
                     row, inside = int(rows[j]), self.inside[r]
-                    self.entered[r, row], self.dwelt[r, row] = obj.pts, False
+                    self.entered[r, row], self.dwelt[r, row] = self.flip[r, row], False
                     label = emit.label(int(j))
                     inside[int(obj.ids[j])] = label
                     self.entries[r][label] += 1
-                    emit(int(j), "zone_enter", self.names[r])
+                    emit(int(j), "zone_enter", self.names[r], float(self.entered[r, row]))
                     emit(int(j), "zone_occupancy", self.names[r], len(inside), len(inside) - 1,
                          self.configs[r].max_objects)
         due = (new == INSIDE) & (obj.pts - self.entered[:, rows] >= self.dwell_s)
@@ -110,14 +121,15 @@ class Zones:
     def release(self, row: int, track_id: int, emit: Emitter, reason: str) -> None:
         """A track is gone (lost, stream ended): it leaves the zones it was in. `emit` holds its last sighting."""
         for r in np.flatnonzero(self.state[:, row] == INSIDE):
-            self._exit(int(r), -1, track_id, row, emit, reason)
-        self.state[:, row], self.dwelt[:, row] = UNKNOWN, False
+            self._exit(int(r), -1, track_id, row, emit, reason, None)
+        self.state[:, row], self.dwelt[:, row], self.raw[:, row] = UNKNOWN, False, UNKNOWN
 
-    def _exit(self, r: int, i: int, track_id: int, row: int, emit: Emitter, reason: str) -> None:
+    def _exit(self, r: int, i: int, track_id: int, row: int, emit: Emitter, reason: str,
+              exited_pts: float | None) -> None:
         inside = self.inside[r]
         label = inside.pop(track_id, None) or emit.label(i)
         self.exits[r][label] += 1
-        emit(i, "zone_exit", self.names[r], float(self.entered[r, row]), reason)
+        emit(i, "zone_exit", self.names[r], float(self.entered[r, row]), exited_pts, reason)
         emit(i, "zone_occupancy", self.names[r], len(inside), len(inside) + 1, self.configs[r].max_objects)
 
     def overcrowded(self, r: int) -> bool:

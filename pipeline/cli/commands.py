@@ -34,7 +34,7 @@ SAMPLE_VIDEO = Path(__file__).resolve().parents[1] / "data" / "sample.mp4"  # pi
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if a in (*HEAVY_COMMANDS, "eval-tracking")), None)
+    command = next((a for a in argv if a in (*HEAVY_COMMANDS, "eval-tracking", "eval-analytics")), None)
     args = _build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -134,6 +134,17 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
         add_args(tracking)
         tracking.set_defaults(handler=cmd_eval_tracking)
+    analytics = sub.add_parser(
+        "eval-analytics", help="precision/recall of line crossings and zone entries/exits vs ground truth",
+        description="Run the pipeline (detector + tracker + analytics) on held-out synthetic scenes and score its "
+        "line_cross / zone_enter / zone_exit events against the true trajectories, with supervision's LineZone on "
+        "the same tracks (docs/analytics.md).",
+    )
+    if command == "eval-analytics":
+        from lab.analytics_eval import add_args as add_analytics_args
+
+        add_analytics_args(analytics)
+        analytics.set_defaults(handler=cmd_eval_analytics)
     return parser
 
 
@@ -491,6 +502,19 @@ def cmd_eval_tracking(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("trackers") is None:
         print("error: eval-tracking needs the `trackers` package (metrics and baselines): pip install -e '.[eval]'",
+              file=sys.stderr)
+        return EXIT_USAGE
+    print(report_from_args(args))
+    return EXIT_OK
+
+
+def cmd_eval_analytics(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from lab.analytics_eval import report_from_args
+
+    if importlib.util.find_spec("supervision") is None:
+        print("error: eval-analytics needs the `supervision` package (LineZone): pip install -e '.[eval]'",
               file=sys.stderr)
         return EXIT_USAGE
     print(report_from_args(args))

@@ -108,15 +108,19 @@ def _region_event(kind: str, camera: str, where: tuple[str, str], obj: Sighting,
     }
 
 
-def zone_enter_event(camera: str, zone: str, obj: Sighting) -> dict[str, str]:
-    """An object's reference point went into a zone (or it was first seen there)."""
-    return _region_event("zone_enter", camera, ("zone", zone), obj)
+def zone_enter_event(camera: str, zone: str, obj: Sighting, entered_pts: float) -> dict[str, str]:
+    """An object's reference point went into a zone (or it was first seen there) at `entered_pts`."""
+    return _region_event("zone_enter", camera, ("zone", zone), obj, entered_pts=f"{entered_pts:.6f}")
 
 
-def zone_exit_event(camera: str, zone: str, obj: Sighting, entered_pts: float, reason: str) -> dict[str, str]:
-    """An object left a zone (`left`), was lost inside it (`lost`), its stream ended or the zone was changed."""
+def zone_exit_event(camera: str, zone: str, obj: Sighting, entered_pts: float, exited_pts: float | None,
+                    reason: str) -> dict[str, str]:
+    """An object left a zone at `exited_pts` (`left`), was lost inside it (`lost`) or its stream ended (`ended`);
+    for those two it left when last seen."""
+    exited = obj.pts if exited_pts is None else exited_pts
     return _region_event("zone_exit", camera, ("zone", zone), obj, entered_pts=f"{entered_pts:.6f}",
-                         duration_s=f"{max(0.0, obj.pts - entered_pts):.3f}", reason=reason)
+                         exited_pts=f"{exited:.6f}", duration_s=f"{max(0.0, exited - entered_pts):.3f}",
+                         reason=reason)
 
 
 def zone_dwell_event(camera: str, zone: str, obj: Sighting, entered_pts: float, threshold_s: float) -> dict[str, str]:
@@ -189,7 +193,7 @@ FIELD_TYPES: dict[str, Callable[[str], Any]] = {
     "objects": _json, "box": _json, "last_box": _json,
     # analytics events
     "count": int, "previous_count": int, "max_objects": lambda v: int(v) if v else None,
-    "overcrowded": lambda v: v == "true", "entered_pts": float, "dwell_s": float, "threshold_s": float,
+    "overcrowded": lambda v: v == "true", "entered_pts": float, "exited_pts": float, "dwell_s": float, "threshold_s": float,
     "cross_pts": float,
 }
 
