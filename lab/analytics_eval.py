@@ -99,7 +99,7 @@ def truth_events(camera: str, truth: VideoTruth, analytics: Any) -> list[Event]:
                 zx, zy = x[k] + f * (x[k + 1] - x[k]), y[k] + f * (y[k + 1] - y[k])
                 u = ((zx - ax) * ux + (zy - ay) * uy) / (ux * ux + uy * uy)
                 if 0 <= u <= 1:
-                    out.append(Event(camera, "line_cross", line.name, "in" if d[k + 1] > 0 else "out",
+                    out.append(Event(camera, "line_cross", line.name, "in" if d[k] < 0 else "out",
                                      float(t[k] + f * (t[k + 1] - t[k])), tid, label))
         for zone in analytics.zones:
             if zone.labels is not None and label not in zone.labels:
@@ -292,7 +292,9 @@ def run(seeds: Sequence[int], frames: int = 500, width: int = 640, height: int =
         try:
             config = load_config(data={"cameras": [{"name": n, "url": str(t.path), **cfg} for n, t in truths.items()],
                                        "redis": {"prefix": "eval", "maxlen": 1_000_000}})
-            detector = create_detector("auto", score_threshold=config.engine.score_threshold)
+            e = config.engine  # as `run` builds it
+            detector = create_detector(e.backend, e.arch, e.weights, e.score_threshold, e.threads, e.device,
+                                       e.frame_size, max_batch=config.batching.max_batch)
             pipeline = Pipeline(config, detector, server)
             started = time.monotonic()
             pipeline.start()
