@@ -103,7 +103,7 @@ def draw_overlay(image: np.ndarray, overlay: Overlay) -> np.ndarray:
                      fill=(*LINE_COLOUR, 255))
         draw.text((bx + 3, by + 2), f"{name} in {total_in} out {total_out}", fill=(*LINE_COLOUR, 255),
                   stroke_width=1, stroke_fill=(0, 0, 0, 255))
-    return np.asarray(Image.alpha_composite(base, shade).convert("RGB"))
+    return np.array(Image.alpha_composite(base, shade).convert("RGB"))
 
 
 def to_jpeg(chw: torch.Tensor, quality: int = 85) -> bytes:
