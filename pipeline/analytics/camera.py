@@ -113,9 +113,8 @@ class CameraAnalytics:
             self.lines.update(obj, emit)
             rows = obj.rows
             self._last_pts[rows] = frame.pts
-            last = self._last
-            last[rows, 0], last[rows, 1], last[rows, 2] = frame.capture_time, obj.scores, obj.labels
-            last[rows, 3:] = obj.boxes
+            self._last[rows] = np.column_stack([np.full(len(rows), frame.capture_time), obj.scores, obj.labels,
+                                                obj.boxes])
             stale = np.flatnonzero(self._last_pts < frame.pts - self.lost_after_s)
             if len(stale):
                 self._release(stale, events, "lost")

@@ -27,7 +27,7 @@ class Lines:
         r = len(configs)
         self.side = np.zeros((r, capacity), np.int8)  # confirmed side: 1 right of A->B, -1 left, 0 not yet
         self.prev = np.full((4, r, capacity), np.nan)  # last sighting: signed distance, x, y, pts
-        self.zero = np.full((2, r, capacity), np.nan)  # last sign change since the side was confirmed: pts, u
+        self.zero = np.full((2, r, capacity), np.nan)  # the latest sign change: interpolated pts, position along
         self.totals: list[Counter[tuple[str, str]]] = [Counter() for _ in configs]  # (in|out, label)
         self.points = np.zeros((r, 2, 2))
 
@@ -40,9 +40,10 @@ class Lines:
 
     def resize(self, width: int, height: int) -> None:
         self.points = np.array([c.pixel_points(width, height) for c in self.configs], np.float64).reshape(-1, 2, 2)
-        self._a = self.points[:, 0, :, None]  # [R, 2, 1]
-        self._u = self.points[:, 1, :, None] - self._a
-        self._len = np.hypot(self._u[:, 0], self._u[:, 1])  # [R, 1]
+        a, u = self.points[:, 0, :, None], self.points[:, 1, :, None] - self.points[:, 0, :, None]  # [R, 2, 1]
+        self._len = np.hypot(u[:, 0], u[:, 1])  # [R, 1]
+        self._ax, self._ay = a[:, 0], a[:, 1]
+        self._nx, self._ny = u[:, 0] / self._len, u[:, 1] / self._len  # unit direction
 
     def grow(self, capacity: int) -> None:
         n = capacity - self.side.shape[1]
@@ -54,40 +55,41 @@ class Lines:
         if not self.configs or not len(obj.ids):
             return
         rows = obj.rows
-        keep = self.select.mask(obj)
+        keep = None if self.select.trivial else self.select.mask(obj)
         x, y = self.select.points(obj)
-        ax, ay, ux, uy = self._a[:, 0], self._a[:, 1], self._u[:, 0], self._u[:, 1]
-        d = (ux * (y - ay) - uy * (x - ax)) / self._len  # [R, N] signed distance; > 0: right of A->B
+        d = self._nx * (y - self._ay) - self._ny * (x - self._ax)  # [R, N] signed distance; > 0: right of A->B
         prev = self.prev[:, :, rows]  # [4, R, N]
-        flip = keep & ((prev[0] < 0) != (d < 0)) & ~np.isnan(prev[0])
+        pd = prev[0]
+        flip = ((pd < 0) != (d < 0)) & (pd == pd)  # a sign change since the last sighting (NaN: none yet)
+        if keep is not None:
+            flip &= keep
         if flip.any():
             r, j = np.nonzero(flip)
             pd, px, py, pp = prev[:, r, j]
             f = pd / (pd - d[r, j])
-            zx, zy = px + f * (x[r, j] - px), py + f * (y[r, j] - py)
-            u = ((zx - ax[r, 0]) * ux[r, 0] + (zy - ay[r, 0]) * uy[r, 0]) / self._len[r, 0] ** 2
+            xr = r if len(x) > 1 else np.zeros_like(r)  # points may be one row for all lines
+            zx, zy = px + f * (x[xr, j] - px), py + f * (y[xr, j] - py)
+            u = ((zx - self._ax[r, 0]) * self._nx[r, 0] + (zy - self._ay[r, 0]) * self._ny[r, 0]) / self._len[r, 0]
             self.zero[0, r, rows[j]], self.zero[1, r, rows[j]] = pp + f * (obj.pts - pp), u
         band = self.select.band(obj)
-        now = np.where(d > band, 1, np.where(d < -band, -1, 0)).astype(np.int8)
-        now[~keep] = 0
+        now = (d > band).astype(np.int8) - (d < -band)
+        if keep is not None:
+            now *= keep
         before = self.side[:, rows]
-        crossed = (now != 0) & (before != 0) & (now != before)
+        crossed = now * before == -1  # the confirmed side flipped (the latest sign change was the crossing)
         if crossed.any():
             for r, j in zip(*np.nonzero(crossed)):
                 cross_pts, u = self.zero[:, r, rows[j]]
-                if 0.0 <= u <= 1.0:  # NaN (no sign change seen) fails too
+                if 0.0 <= u <= 1.0:  # the path met the segment, not the line beyond its ends
                     direction = "in" if now[r, j] > 0 else "out"
                     c = self.configs[r]
                     self.totals[r][(direction, emit.label(int(j)))] += 1
                     emit(int(j), "line_cross", c.name, direction, c.in_name if direction == "in" else c.out_name,
                          float(cross_pts))
-        settled = now != 0
-        if settled.any():
-            r, j = np.nonzero(settled)
-            self.side[r, rows[j]] = now[r, j]
-            self.zero[:, r, rows[j]] = np.nan
-        r, j = np.nonzero(keep)
-        self.prev[:, r, rows[j]] = (d[r, j], x[r, j], y[r, j], np.full(len(r), obj.pts))
+        self.side[:, rows] = np.where(now != 0, now, before)
+        seen = np.empty_like(prev)
+        seen[0], seen[1], seen[2], seen[3] = d, x, y, obj.pts
+        self.prev[:, :, rows] = seen if keep is None else np.where(keep, seen, prev)
 
     def release(self, row: int, track_id: int, emit: Emitter, reason: str) -> None:
         self.side[:, row] = 0

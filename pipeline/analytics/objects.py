@@ -73,11 +73,10 @@ class Selection:
         return keep
 
     def points(self, obj: FrameObjects) -> tuple[np.ndarray, np.ndarray]:
-        """Reference points, x and y [R, N] (broadcast views when every region uses the same anchor)."""
-        shape = (len(self.anchors), len(obj.ids))
+        """Reference points, x and y: [R, N], or [1, N] when every region uses the same anchor (it broadcasts)."""
         if self.one_anchor:
             x, y = obj.anchor(self.anchors[0] if self.anchors else ANCHORS[0])
-            return np.broadcast_to(x, shape), np.broadcast_to(y, shape)
+            return x[None, :], y[None, :]
         xs, ys = zip(*(obj.anchor(a) for a in self.anchors))
         return np.stack(xs), np.stack(ys)
 

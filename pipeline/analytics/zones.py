@@ -32,6 +32,7 @@ class Zones:
         self.flip = np.zeros((r, capacity))  # pts of the first sighting on that side: when it crossed the border
         self.dwelt = np.zeros((r, capacity), bool)  # zone_dwell already sent for this visit
         self.dwell_s = np.array([c.dwell_s if c.dwell_s is not None else np.inf for c in configs])[:, None]
+        self.any_dwell = any(c.dwell_s is not None for c in configs)
         self.inside: list[dict[int, str]] = [{} for _ in configs]  # track id -> label, of the objects inside
         self.entries: list[Counter[str]] = [Counter() for _ in configs]  # by label
         self.exits: list[Counter[str]] = [Counter() for _ in configs]
@@ -73,26 +74,27 @@ class Zones:
         """Per zone and point [R, N]: the side of the border (INSIDE or OUTSIDE), and the same with UNKNOWN within
         `band` pixels of the border."""
         raw = np.where(shapely.contains_xy(self._shapes, x, y), INSIDE, OUTSIDE).astype(np.int8)
-        out = raw.copy()
         px, py = x[:, :, None] - self._ax, y[:, :, None] - self._ay  # [R, N, E]
         t = np.clip((px * self._dx + py * self._dy) / self._len2, 0.0, 1.0)
         ex, ey = px - t * self._dx, py - t * self._dy
-        out[(ex * ex + ey * ey).min(axis=2) < band * band] = UNKNOWN
-        return raw, out
+        near = (ex * ex + ey * ey).min(axis=2) < band * band
+        return raw, np.where(near, UNKNOWN, raw)
 
     def update(self, obj: FrameObjects, emit: Emitter) -> None:
         if not self.configs or not len(obj.ids):
             return
         rows = obj.rows
-        keep = self.select.mask(obj)
+        keep = None if self.select.trivial else self.select.mask(obj)
         x, y = self.select.points(obj)
         raw, seen = self.classify(x, y, self.select.band(obj))
-        crossed = keep & (raw != self.raw[:, rows])
+        crossed = raw != self.raw[:, rows]
+        if keep is not None:
+            crossed &= keep
         if crossed.any():
             r, j = np.nonzero(crossed)
             self.raw[r, rows[j]], self.flip[r, rows[j]] = raw[r, j], obj.pts
         prev = self.state[:, rows]
-        new = np.where(keep & (seen != UNKNOWN), seen, prev)
+        new = np.where(seen != UNKNOWN if keep is None else keep & (seen != UNKNOWN), seen, prev)
         self.state[:, rows] = new
         changed = new != prev
         if changed.any():
@@ -110,6 +112,8 @@ class Zones:
                     emit(int(j), "zone_enter", self.names[r], float(self.entered[r, row]))
                     emit(int(j), "zone_occupancy", self.names[r], len(inside), len(inside) - 1,
                          self.configs[r].max_objects)
+        if not self.any_dwell:
+            return
         due = (new == INSIDE) & (obj.pts - self.entered[:, rows] >= self.dwell_s)
         if due.any():
             due &= ~self.dwelt[:, rows]

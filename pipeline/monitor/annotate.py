@@ -101,8 +101,11 @@ def draw_overlay(image: np.ndarray, overlay: Overlay) -> np.ndarray:
         draw.polygon([tip, (tip[0] - nx * wing + dx * wing / 1.5, tip[1] - ny * wing + dy * wing / 1.5),
                       (tip[0] - nx * wing - dx * wing / 1.5, tip[1] - ny * wing - dy * wing / 1.5)],
                      fill=(*LINE_COLOUR, 255))
-        draw.text((bx + 3, by + 2), f"{name} in {total_in} out {total_out}", fill=(*LINE_COLOUR, 255),
-                  stroke_width=1, stroke_fill=(0, 0, 0, 255))
+        text = f"{name} in {total_in} out {total_out}"
+        left, top, right, bottom = draw.textbbox((0, 0), text)
+        x = min(max(ax + 4, 2), base.width - (right - left) - 2)  # next to the line's first point, inside the frame
+        y = min(max(ay + 2, 2), base.height - (bottom - top) - 4)
+        draw.text((x, y), text, fill=(*LINE_COLOUR, 255), stroke_width=1, stroke_fill=(0, 0, 0, 255))
     return np.array(Image.alpha_composite(base, shade).convert("RGB"))
 
 
