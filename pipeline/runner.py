@@ -198,6 +198,7 @@ class Pipeline:
             listed = self._listed.pop(name, None) is not None
         if source is None:
             self.view.forget(name)
+            self.analytics.forget(name)
             return listed
         source.stop()
         source.join(timeout)
@@ -241,6 +242,7 @@ class Pipeline:
             if name in self._listed:
                 return
         self.view.forget(name)
+        self.analytics.forget(name)
 
     def _is_live(self, name: str) -> bool:
         with self._lock:
