@@ -184,3 +184,22 @@ def test_invalid_zones_and_lines_are_refused_with_the_reason() -> None:
         {"name": "l", "points": [[0, 0], [5, 5]], "labels": ["person", "forklift"]}]}]}).cameras[0]
     assert check_labels(camera, LABELS) == ["line 'l': unknown label 'forklift' (known: person, car, sign)"]
     assert camera.lines[0].outside_frame(4, 4) == "l: point 1 (5, 5) is outside the 4x4 frame"
+
+
+def test_zones_and_lines_are_drawn_shaded_with_arrows() -> None:
+    from pipeline.analytics.camera import Overlay
+    from pipeline.monitor.annotate import CROWDED_COLOUR, ZONE_COLOUR, annotate
+
+    grey = np.full((240, 320, 3), 100, np.uint8)
+    overlay = Overlay(zones=(("dock", ((20.0, 100.0), (140.0, 100.0), (140.0, 220.0), (20.0, 220.0)), 2, False),
+                             ("crowd", ((180.0, 100.0), (300.0, 100.0), (300.0, 220.0)), 9, True)),
+                      lines=(("gate", ((160.0, 10.0), (160.0, 230.0)), 4, 3),))
+    drawn = annotate(grey, np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64), LABELS,
+                     overlay).permute(1, 2, 0).numpy().astype(int)
+    inside, crowded, outside = drawn[180, 60], drawn[200, 280], drawn[50, 60]
+    assert (outside == 100).all()  # untouched away from zones and lines
+    assert np.argmax(inside) == np.argmax(ZONE_COLOUR) and inside[1] > 110  # shaded green
+    assert np.argmax(crowded) == np.argmax(CROWDED_COLOUR) and crowded[0] > 110  # overcrowded: red
+    assert (drawn[120, 160] > 240).all()  # the line, white
+    assert (drawn[120, 145:158] > 240).all(axis=1).any()  # its arrow points left: the `in` side of a downward line
+    assert not (drawn[120, 163:176] > 240).all(axis=1).any()  # and not right
