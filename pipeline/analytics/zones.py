@@ -70,15 +70,17 @@ class Zones:
         self.raw = np.concatenate([self.raw, np.zeros((r, n), np.int8)], axis=1)
         self.flip = np.concatenate([self.flip, np.zeros((r, n))], axis=1)
 
-    def classify(self, x: np.ndarray, y: np.ndarray, band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per zone and point [R, N]: the side of the border (INSIDE or OUTSIDE), and the same with UNKNOWN within
-        `band` pixels of the border."""
-        raw = np.where(shapely.contains_xy(self._shapes, x, y), INSIDE, OUTSIDE).astype(np.int8)
-        px, py = x[:, :, None] - self._ax, y[:, :, None] - self._ay  # [R, N, E]
-        t = np.clip((px * self._dx + py * self._dy) / self._len2, 0.0, 1.0)
-        ex, ey = px - t * self._dx, py - t * self._dy
-        near = (ex * ex + ey * ey).min(axis=2) < band * band
-        return raw, np.where(near, UNKNOWN, raw)
+    def side(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """INSIDE or OUTSIDE, per zone and point [R, N] (x, y: [R, N] or [1, N])."""
+        return np.where(shapely.contains_xy(self._shapes, x, y), INSIDE, OUTSIDE).astype(np.int8)
+
+    def near_border(self, r: np.ndarray, x: np.ndarray, y: np.ndarray, band: np.ndarray) -> np.ndarray:
+        """Whether point k is within band[k] pixels of zone r[k]'s border."""
+        ax, ay, dx, dy = self._ax[r, 0], self._ay[r, 0], self._dx[r, 0], self._dy[r, 0]  # [K, E]
+        px, py = x[:, None] - ax, y[:, None] - ay
+        t = np.clip((px * dx + py * dy) / self._len2[r, 0], 0.0, 1.0)
+        ex, ey = px - t * dx, py - t * dy
+        return (ex * ex + ey * ey).min(axis=1) < band * band
 
     def update(self, obj: FrameObjects, emit: Emitter) -> None:
         if not self.configs or not len(obj.ids):
@@ -86,7 +88,7 @@ class Zones:
         rows = obj.rows
         keep = None if self.select.trivial else self.select.mask(obj)
         x, y = self.select.points(obj)
-        raw, seen = self.classify(x, y, self.select.band(obj))
+        raw = self.side(x, y)
         crossed = raw != self.raw[:, rows]
         if keep is not None:
             crossed &= keep
@@ -94,10 +96,22 @@ class Zones:
             r, j = np.nonzero(crossed)
             self.raw[r, rows[j]], self.flip[r, rows[j]] = raw[r, j], obj.pts
         prev = self.state[:, rows]
-        new = np.where(seen != UNKNOWN if keep is None else keep & (seen != UNKNOWN), seen, prev)
-        self.state[:, rows] = new
-        changed = new != prev
-        if changed.any():
+        # Only points on another side than their zone state can change it; the dead band is checked for those alone.
+        moved = raw != prev
+        if keep is not None:
+            moved &= keep
+        new = prev
+        if moved.any():
+            r, j = np.nonzero(moved)
+            xr = r if len(x) > 1 else np.zeros_like(r)
+            near = self.near_border(r, x[xr, j], y[xr, j], self.select.hysteresis[r, 0] * obj.heights[j])
+            r, j = r[~near], j[~near]
+            if len(r):
+                new = prev.copy()
+                new[r, j] = raw[r, j]
+                self.state[r, rows[j]] = raw[r, j]
+        if new is not prev:
+            changed = new != prev
             pairs = list(zip(*np.nonzero(changed)))
             for r, j in pairs:  # exits first: occupancy never counts one object twice
                 if prev[r, j] == INSIDE:
