@@ -36,6 +36,7 @@ setup(
         "uvicorn>=0.29",
         "prometheus-client>=0.20",
         "Pillow>=10",  # JPEG for the live view
+        "shapely>=2.0",  # zone polygons: validity, containment (pipeline/analytics)
     ],
     extras_require={
         "tensorrt": ["tensorrt>=10,<11"],
@@ -44,7 +45,8 @@ setup(
                 # tests/test_k8s_manifests.py: offline schema validation of deploy/k8s.
                 "kubernetes-validate>=1.30"],
         # `eval-tracking` compares our tracker with the trackers package's ByteTrack and OC-SORT.
-        "eval": ["trackers>=2"],
+        # eval-analytics compares our line counting with supervision's LineZone.
+        "eval": ["trackers>=2", "supervision>=0.25"],
     },
     entry_points={"console_scripts": ["rpn-pipeline=pipeline.cli:main"]},
 )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +40,119 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# --- zone and line analytics (pipeline/analytics, docs/analytics.md) ----------------------------------------------
+REGION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ANCHORS = ("bottom_center", "center", "top_center", "bottom_left", "bottom_right")
+
+
+class _RegionConfig(_Strict):
+    """What zones and lines share: which objects count, and which point of their box."""
+
+    name: str = Field(description="Unique among the camera's zones and lines; used in events and metrics.")
+    points: list[tuple[float, float]] = Field(description="[x, y] in source pixels, or 0-1 with normalized: true.")
+    normalized: bool = Field(False, description="Points are fractions of the frame's width and height.")
+    labels: list[str] | None = Field(None, description="Only objects of these labels (default: all).")
+    min_size: float = Field(0.0, ge=0, description="Smallest object counted: sqrt(box width x height), pixels.")
+    min_score: float = Field(0.0, ge=0, le=1, description="Lowest detection score counted.")
+    anchor: Literal[ANCHORS] = Field("bottom_center", description="The point of the box that counts.")  # type: ignore[valid-type]
+    hysteresis: float = Field(0.25, ge=0, le=2, description="Dead band either side of the line or border, as a "
+                              "fraction of the object's box height: jitter on it gives no event.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not REGION_NAME.match(value):
+            raise ValueError("use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return value
+
+    @model_validator(mode="after")
+    def _points(self) -> _RegionConfig:
+        if self.normalized:
+            for i, (x, y) in enumerate(self.points):
+                if not (0 <= x <= 1 and 0 <= y <= 1):
+                    raise ValueError(f"point {i} ({x:g}, {y:g}) is outside 0-1 (normalized: true)")
+        elif any(x < 0 or y < 0 for x, y in self.points):
+            raise ValueError("points in pixels must not be negative")
+        return self
+
+    def pixel_points(self, width: int, height: int) -> list[tuple[float, float]]:
+        if not self.normalized:
+            return list(self.points)
+        return [(x * width, y * height) for x, y in self.points]
+
+    def outside_frame(self, width: int, height: int) -> str | None:
+        """Why the region does not fit a width x height frame, or None."""
+        for i, (x, y) in enumerate(self.pixel_points(width, height)):
+            if x > width or y > height:
+                return f"{self.name}: point {i} ({x:g}, {y:g}) is outside the {width}x{height} frame"
+        return None
+
+
+class ZoneConfig(_RegionConfig):
+    """A polygon: zone_enter / zone_exit / zone_dwell / zone_occupancy events and a live occupancy count."""
+
+    dwell_s: float | None = Field(None, gt=0, description="zone_dwell once an object has been inside this long.")
+    max_objects: int | None = Field(None, ge=0, description="Overcrowding: more objects inside than this.")
+
+    @model_validator(mode="after")
+    def _polygon(self) -> ZoneConfig:
+        import shapely  # imported lazily: loading a config without zones does not need it
+        from shapely.validation import explain_validity
+
+        if len(self.points) < 3:
+            raise ValueError(f"zone {self.name!r}: a polygon needs at least 3 points, got {len(self.points)}")
+        polygon = shapely.Polygon(self.points)
+        if not polygon.is_valid:  # e.g. "Self-intersection[120 80]": where the outline crosses itself
+            raise ValueError(f"zone {self.name!r}: invalid polygon: {explain_validity(polygon)}")
+        if polygon.area <= 0:
+            raise ValueError(f"zone {self.name!r}: the polygon has no area")
+        return self
+
+
+class LineConfig(_RegionConfig):
+    """A segment from points[0] to points[1]: line_cross events and in/out totals. Crossing from the left of
+    the direction points[0] -> points[1] (as seen on the image) to its right is `in`, the other way `out`."""
+
+    in_name: str = Field("in", min_length=1, description="What users call the in direction (e.g. northbound).")
+    out_name: str = Field("out", min_length=1, description="What users call the out direction.")
+
+    @model_validator(mode="after")
+    def _segment(self) -> LineConfig:
+        if len(self.points) != 2:
+            raise ValueError(f"line {self.name!r}: needs exactly 2 points, got {len(self.points)}")
+        if self.points[0] == self.points[1]:
+            raise ValueError(f"line {self.name!r}: its two points are the same")
+        return self
+
+
+class AnalyticsConfig(_Strict):
+    """A camera's zones and lines (the body of PUT /api/cameras/{name}/analytics)."""
+
+    zones: list[ZoneConfig] = Field(default_factory=list)
+    lines: list[LineConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AnalyticsConfig:
+        return _unique_regions(self)
+
+
+def _unique_regions(model: Any) -> Any:
+    seen: set[str] = set()
+    for region in [*model.zones, *model.lines]:
+        if region.name in seen:
+            raise ValueError(f"zone/line name {region.name!r} is used twice")
+        seen.add(region.name)
+    return model
+
+
+def check_labels(analytics: AnalyticsConfig | CameraConfig, label_names: Sequence[str]) -> list[str]:
+    """Label filters naming a class the detector does not have: one message each."""
+    known = [n for n in label_names if n and n != "__background__"]
+    return [f"{kind} {r.name!r}: unknown label {label!r} (known: {', '.join(known)})"
+            for kind, regions in (("zone", analytics.zones), ("line", analytics.lines))
+            for r in regions for label in r.labels or () if label not in known]
+
+
 class CameraConfig(_Strict):
     name: str = Field(description="Unique camera name; used in Redis keys, logs and events.")
     url: str = Field(min_length=1, description="File path, file:, rtsp://, http(s):// URL.")
@@ -49,6 +162,8 @@ class CameraConfig(_Strict):
     read_timeout_s: float = Field(10.0, gt=0, description="A camera silent this long is declared offline.")
     realtime: bool = Field(False, description="Pace a file to its native frame rate, as if it were a camera.")
     max_fps: float | None = Field(None, gt=0, description="Detect at most this many frames per second.")
+    zones: list[ZoneConfig] = Field(default_factory=list, description="Zones (docs/analytics.md).")
+    lines: list[LineConfig] = Field(default_factory=list, description="Counting lines (docs/analytics.md).")
 
     @field_validator("name")
     @classmethod
@@ -63,6 +178,8 @@ class CameraConfig(_Strict):
         if isinstance(value, dict):  # YAML gives numbers and booleans; FFmpeg wants strings
             return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
         return value
+
+    _unique_regions = model_validator(mode="after")(_unique_regions)
 
 
 class ClassFilter(_Strict):

@@ -39,6 +39,7 @@ class FrameResult:
     frame: Frame
     detections: Detections
     track_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    analytics: object | None = None  # zones and lines to draw (pipeline.analytics Overlay), frames with an image
 
 
 @dataclass

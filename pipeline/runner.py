@@ -17,9 +17,10 @@ from pathlib import Path
 import redis
 
 from engines.base import Detector
+from pipeline.analytics import AnalyticsStage
 from pipeline.monitor.annotate import AnnotatedVideoWriter
 from pipeline.inference.batcher import Batcher, CameraQueues
-from pipeline.config import CameraConfig, PipelineConfig
+from pipeline.config import AnalyticsConfig, CameraConfig, ConfigError, PipelineConfig, check_labels
 from pipeline.inference.detector import DetectionFilter, DetectorStage
 from pipeline.events.contract import camera_state_event
 from pipeline.monitor.metrics import PipelineMetrics
@@ -111,6 +112,7 @@ class Pipeline:
         batches: Channel[object] = Channel("batches", 1)  # the batcher builds a batch when the engine asks
         detected: Channel[object] = Channel("detected", size)
         tracked: Channel[object] = Channel("tracked", size)
+        counted: Channel[object] = Channel("counted", size)
         viewed: Channel[object] = Channel("viewed", size)
         # One outbox for frames and events: no stage or source thread waits on Redis, and each stream stays ordered.
         self.outbox = make_outbox(client, config.redis, self.ctx, redis_where)
@@ -127,10 +129,15 @@ class Pipeline:
                           keep_images="all" if self.writer else "latest", on_batch=self.metrics.observe_batch,
                           keep=keep),
             TrackerStage(detected, tracked, self.ctx, detector.label_names, self.events.publish),
-            ViewStage(tracked, viewed, self.ctx, self.view, self.writer, self._is_live,
+            AnalyticsStage(tracked, counted, self.ctx, detector.label_names, self.events.publish),
+            ViewStage(counted, viewed, self.ctx, self.view, self.writer, self._is_live,
                       self.metrics.frame_age.observe, self._on_stream_drained),
             self.publisher,
         ]
+        self.analytics: AnalyticsStage = self.stages[3]  # type: ignore[assignment]
+        problems = [f"camera {c.name!r}: {p}" for c in config.cameras for p in check_labels(c, detector.label_names)]
+        if problems:
+            raise ConfigError("\n".join(problems))
         self.metrics.attach(self)
         self.sources: dict[str, VideoSource] = {}
         self._cameras: dict[str, CameraConfig] = {}
@@ -160,6 +167,9 @@ class Pipeline:
     def add_source(self, camera: CameraConfig) -> None:
         """Start reading a camera or file; its name must not be in use. RuntimeError once the pipeline is ending."""
         spec = source_spec(camera, self.config)
+        problems = check_labels(camera, self.detector.label_names)
+        if problems:
+            raise ConfigError(f"camera {camera.name!r}: " + "; ".join(problems))
         with self._lock:
             if camera.name in self.sources:
                 raise ValueError(f"camera {camera.name!r} already exists")
@@ -177,6 +187,7 @@ class Pipeline:
             self._cameras[camera.name] = camera
             self._listed[camera.name] = camera
             self._live[camera.name] = spec.live
+            self.analytics.configure(camera.name, AnalyticsConfig(zones=camera.zones, lines=camera.lines))
         source.start()
 
     def remove_source(self, name: str, timeout: float = 10.0) -> bool:
@@ -189,6 +200,7 @@ class Pipeline:
             listed = self._listed.pop(name, None) is not None
         if source is None:
             self.view.forget(name)
+            self.analytics.forget(name)
             return listed
         source.stop()
         source.join(timeout)
@@ -203,6 +215,19 @@ class Pipeline:
         """Cameras added and not removed, running or ended, in the order they were added."""
         with self._lock:
             return dict(self._listed)
+
+    def set_analytics(self, name: str, analytics: AnalyticsConfig) -> None:
+        """Replace a listed camera's zones and lines while it runs (from its next frame; no restart).
+        KeyError: no such camera; ValueError: a label the detector does not know."""
+        problems = check_labels(analytics, self.detector.label_names)
+        if problems:
+            raise ValueError("; ".join(problems))
+        with self._lock:
+            camera = self._listed[name].model_copy(update={"zones": analytics.zones, "lines": analytics.lines})
+            self._listed[name] = camera
+            if name in self._cameras:
+                self._cameras[name] = camera
+            self.analytics.configure(name, analytics)
 
     def camera_stats(self) -> dict[str, StreamStats]:
         """Live counters of the listed cameras (the objects the sources update: read, do not modify)."""
@@ -219,6 +244,7 @@ class Pipeline:
             if name in self._listed:
                 return
         self.view.forget(name)
+        self.analytics.forget(name)
 
     def _is_live(self, name: str) -> bool:
         with self._lock:
@@ -236,13 +262,19 @@ class Pipeline:
         with self._lock:
             current = dict(self._cameras)
             self._reloading = True  # cameras come and go: the pipeline is not idle meanwhile
-        removed = [n for n, c in current.items() if n not in new or new[n] != c]
+        removed = [n for n, c in current.items() if n not in new or _source_of(new[n]) != _source_of(c)]
+        for name in set(current) - set(removed):  # zones and lines apply without restarting the camera
+            if new[name] != current[name]:
+                try:
+                    self.set_analytics(name, AnalyticsConfig(zones=new[name].zones, lines=new[name].lines))
+                except (KeyError, ValueError) as exc:
+                    log.error("reload: camera %r keeps its zones and lines: %s", name, exc)
         for name in removed:
             self.remove_source(name)  # waits for the source's thread to end
         stuck = set(removed) & set(self.camera_names())
         for name in sorted(stuck):
             log.error("reload: camera %r did not stop in time; not starting its new version", name)
-        added = [n for n, c in new.items() if (n not in current or current[n] != c) and n not in stuck]
+        added = [n for n, c in new.items() if (n not in current or n in removed) and n not in stuck]
         try:
             for name in added:
                 self.add_source(new[name])
@@ -315,3 +347,8 @@ class Pipeline:
             stop_requested=self._stop_requested,
             publisher={**asdict(self.publisher_stats()), "dropped_by_reason": self.outbox.dropped_by_reason()},
         )
+
+
+def _source_of(camera: CameraConfig) -> dict[str, object]:
+    """What reading a camera depends on: all but its zones and lines."""
+    return camera.model_dump(exclude={"zones", "lines"})

@@ -18,11 +18,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi import Body, Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from pipeline.config import CameraConfig, validation_message
+from pydantic import ValidationError
+
+from pipeline.config import AnalyticsConfig, CameraConfig, check_labels, validation_message
 from pipeline.runner import Pipeline, source_spec
 from pipeline.sources.decoder import SourceError, check_source
 
@@ -127,6 +129,8 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
         file, unknown host). A camera that is merely offline is accepted and retried."""
         if camera.name in pipeline.listed_cameras():
             raise HTTPException(status.HTTP_409_CONFLICT, f"camera {camera.name!r} already exists")
+        if problems := check_labels(camera, pipeline.detector.label_names):
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, f"camera {camera.name!r}: {'; '.join(problems)}")
         try:
             check_source(source_spec(camera, pipeline.config))
         except SourceError as exc:
@@ -164,7 +168,39 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
         return Response(data, media_type="image/jpeg", headers=headers)
 
+    @app.get("/api/cameras/{name}/analytics", dependencies=auth)
+    def get_analytics(name: str) -> dict[str, Any]:
+        """The camera's zones and lines, and their live counts (occupancy, entries, exits, in/out totals)."""
+        return _analytics_json(pipeline, name)
+
+    @app.put("/api/cameras/{name}/analytics", dependencies=auth)
+    def put_analytics(name: str, body: Any = Body(...)) -> dict[str, Any]:
+        """Replace the camera's zones and lines; they apply from its next frame. 400 with the reason if invalid."""
+        _listed(pipeline, name)
+        try:
+            analytics = AnalyticsConfig.model_validate(body)
+        except ValidationError as exc:
+            reasons = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {validation_message(e)}" for e in exc.errors()]
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "; ".join(reasons)) from exc
+        size = pipeline.view.frame_size(name)
+        problems = [p for r in [*analytics.zones, *analytics.lines] if size and (p := r.outside_frame(*size))]
+        problems += check_labels(analytics, pipeline.detector.label_names)
+        if problems:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "; ".join(problems))
+        pipeline.set_analytics(name, analytics)
+        log.info("API: camera %r now has %d zone(s) and %d line(s)", name, len(analytics.zones), len(analytics.lines))
+        return _analytics_json(pipeline, name)
+
     return app
+
+
+def _analytics_json(pipeline: Pipeline, name: str) -> dict[str, Any]:
+    cfg = _listed(pipeline, name)
+    found = pipeline.analytics.camera(name)
+    counts = found.counts() if found is not None else {"zones": {}, "lines": {}}
+    return {"camera": name, "frame_size": pipeline.view.frame_size(name),
+            "zones": [z.model_dump() for z in cfg.zones], "lines": [line.model_dump() for line in cfg.lines],
+            "counts": counts}
 
 
 def _listed(pipeline: Pipeline, name: str) -> CameraConfig:

@@ -34,7 +34,7 @@ SAMPLE_VIDEO = Path(__file__).resolve().parents[1] / "data" / "sample.mp4"  # pi
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if a in (*HEAVY_COMMANDS, "eval-tracking")), None)
+    command = next((a for a in argv if a in (*HEAVY_COMMANDS, "eval-tracking", "eval-analytics")), None)
     args = _build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -98,6 +98,8 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _add_redis_args(subscribe)
     subscribe.add_argument("--events", action="store_true",
                            help="read <prefix>:events (camera state, track lifecycle) instead of frames")
+    subscribe.add_argument("--type", action="append", metavar="TYPE", dest="types",
+                           help="with --events: only events of this type, e.g. line_cross or zone_enter (repeatable)")
     subscribe.add_argument("--group", metavar="G", help="read in consumer group G (at-least-once, with acks)")
     subscribe.add_argument("--consumer", metavar="C", help="this reader's name in the group; keep it across restarts")
     subscribe.add_argument("--since", metavar="TIME",
@@ -132,6 +134,17 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
         add_args(tracking)
         tracking.set_defaults(handler=cmd_eval_tracking)
+    analytics = sub.add_parser(
+        "eval-analytics", help="precision/recall of line crossings and zone entries/exits vs ground truth",
+        description="Run the pipeline (detector + tracker + analytics) on held-out synthetic scenes and score its "
+        "line_cross / zone_enter / zone_exit events against the true trajectories, with supervision's LineZone on "
+        "the same tracks (docs/analytics.md).",
+    )
+    if command == "eval-analytics":
+        from lab.analytics_eval import add_args as add_analytics_args
+
+        add_analytics_args(analytics)
+        analytics.set_defaults(handler=cmd_eval_analytics)
     return parser
 
 
@@ -430,7 +443,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     if bus is None:
         return EXIT_USAGE
     subscriber = Subscriber(bus.client, args.prefix or "rpn", args.camera, from_start=args.from_start, since=since,
-                            events=args.events, group=args.group, consumer=args.consumer)
+                            events=args.events, group=args.group, consumer=args.consumer, types=args.types)
     printed = 0
     try:
         # With --count, read no more than will be printed: a group then delivers nothing left unacknowledged.
@@ -454,6 +467,8 @@ def _subscribe_usage_error(args: argparse.Namespace) -> str | None:
     if args.group and not args.consumer:
         return ("--group needs --consumer NAME (a name kept across restarts, so that a restarted reader gets back "
                 "the entries it had not acknowledged)")
+    if args.types and not args.events:
+        return "--type filters events: add --events"
     if args.consumer and not args.group:
         return "--consumer needs --group NAME"
     if args.since is not None and args.from_start:
@@ -492,6 +507,19 @@ def cmd_eval_tracking(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("trackers") is None:
         print("error: eval-tracking needs the `trackers` package (metrics and baselines): pip install -e '.[eval]'",
+              file=sys.stderr)
+        return EXIT_USAGE
+    print(report_from_args(args))
+    return EXIT_OK
+
+
+def cmd_eval_analytics(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from lab.analytics_eval import report_from_args
+
+    if importlib.util.find_spec("supervision") is None:
+        print("error: eval-analytics needs the `supervision` package (LineZone): pip install -e '.[eval]'",
               file=sys.stderr)
         return EXIT_USAGE
     print(report_from_args(args))

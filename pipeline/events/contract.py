@@ -85,6 +85,68 @@ def track_ended_event(camera: str, track: TrackEnd, label: str, ts: float) -> di
     }
 
 
+# --- zone and line analytics (pipeline/analytics; docs/analytics.md) -----------------------------------------------
+ANALYTICS_EVENT_TYPES = ("zone_enter", "zone_exit", "zone_dwell", "line_cross", "zone_occupancy")
+
+
+class Sighting(Protocol):
+    """The object an analytics event is about (pipeline.analytics.Sighting has these fields)."""
+
+    track_id: int
+    label: str
+    box: Sequence[float]
+    score: float
+    pts: float  # stream seconds of the frame it was seen in
+    ts: float  # wall-clock capture time of that frame
+
+
+def _region_event(kind: str, camera: str, where: tuple[str, str], obj: Sighting, **extra: str) -> dict[str, str]:
+    return {
+        "v": _VERSION, "type": kind, "camera": camera, where[0]: where[1], "track_id": str(obj.track_id),
+        "label": obj.label, "score": f"{min(max(obj.score, 0.0), 1.0):.4f}", "box": _box(obj.box),
+        "pts": f"{obj.pts:.6f}", "ts": f"{obj.ts:.6f}", **extra,
+    }
+
+
+def zone_enter_event(camera: str, zone: str, obj: Sighting, entered_pts: float) -> dict[str, str]:
+    """An object's reference point went into a zone (or it was first seen there) at `entered_pts`."""
+    return _region_event("zone_enter", camera, ("zone", zone), obj, entered_pts=f"{entered_pts:.6f}")
+
+
+def zone_exit_event(camera: str, zone: str, obj: Sighting, entered_pts: float, exited_pts: float | None,
+                    reason: str) -> dict[str, str]:
+    """An object left a zone at `exited_pts` (`left`), was lost inside it (`lost`) or its stream ended (`ended`);
+    for those two it left when last seen."""
+    exited = obj.pts if exited_pts is None else exited_pts
+    return _region_event("zone_exit", camera, ("zone", zone), obj, entered_pts=f"{entered_pts:.6f}",
+                         exited_pts=f"{exited:.6f}", duration_s=f"{max(0.0, exited - entered_pts):.3f}",
+                         reason=reason)
+
+
+def zone_dwell_event(camera: str, zone: str, obj: Sighting, entered_pts: float, threshold_s: float) -> dict[str, str]:
+    """An object has been inside a zone for the zone's `dwell_s` (once per visit)."""
+    return _region_event("zone_dwell", camera, ("zone", zone), obj, entered_pts=f"{entered_pts:.6f}",
+                         dwell_s=f"{max(0.0, obj.pts - entered_pts):.3f}", threshold_s=f"{threshold_s:.3f}")
+
+
+def line_cross_event(camera: str, line: str, obj: Sighting, direction: str, direction_name: str,
+                     cross_pts: float) -> dict[str, str]:
+    """An object crossed a line: `direction` in (left to right of the line's direction) or out."""
+    return _region_event("line_cross", camera, ("line", line), obj, direction=direction,
+                         direction_name=direction_name, cross_pts=f"{cross_pts:.6f}")
+
+
+def zone_occupancy_event(camera: str, zone: str, obj: Sighting, count: int, previous: int,
+                         max_objects: int | None) -> dict[str, str]:
+    """The number of objects in a zone changed (`obj` entered or left); overcrowding began or ended."""
+    over = max_objects is not None and count > max_objects
+    was = max_objects is not None and previous > max_objects
+    return _region_event("zone_occupancy", camera, ("zone", zone), obj, count=str(count),
+                         previous_count=str(previous), max_objects="" if max_objects is None else str(max_objects),
+                         overcrowded="true" if over else "false",
+                         overcrowding="begin" if over and not was else "end" if was and not over else "")
+
+
 def frame_entry(result: FrameResult, label_names: Sequence[str], publish_ts: float) -> dict[str, str]:
     """Encode one processed frame as flat string fields (readable with plain `redis-cli XRANGE`)."""
     frame, det = result.frame, result.detections
@@ -129,6 +191,10 @@ FIELD_TYPES: dict[str, Callable[[str], Any]] = {
     "pts": float, "capture_ts": float, "publish_ts": float, "latency_ms": float, "ts": float, "score": float,
     "best_score": float, "duration_s": float,
     "objects": _json, "box": _json, "last_box": _json,
+    # analytics events
+    "count": int, "previous_count": int, "max_objects": lambda v: int(v) if v else None,
+    "overcrowded": lambda v: v == "true", "entered_pts": float, "exited_pts": float, "dwell_s": float, "threshold_s": float,
+    "cross_pts": float,
 }
 
 

@@ -77,8 +77,10 @@ class Subscriber:
         events: bool = False,
         group: str | None = None,
         consumer: str | None = None,
+        types: Sequence[str] | None = None,
     ) -> None:
-        """`events`: read `<prefix>:events` instead of frames (`cameras` then filters events by camera).
+        """`events`: read `<prefix>:events` instead of frames (`cameras` then filters events by camera, `types` by
+        event type, e.g. ["line_cross"]).
         `since`: Unix seconds or a datetime. `group` needs `consumer`, a name stable across restarts."""
         if (group is None) != (consumer is None):
             raise ValueError("a consumer group needs both a group name and a consumer name")
@@ -88,6 +90,9 @@ class Subscriber:
         self.prefix = prefix
         self.cameras = list(cameras) if cameras else None
         self.events = events
+        if types and not events:
+            raise ValueError("filtering by event type needs events=True")
+        self.types = set(types) if types else None
         self.group = group
         self.consumer = consumer
         self.start_id = "0-0" if from_start else since_id(since) if since is not None else None  # None: the end
@@ -186,7 +191,8 @@ class Subscriber:
             for entry_id, fields in items:
                 if advance:
                     self._positions[key] = entry_id
-                if not fields or (self.events and self.cameras and fields.get("camera") not in self.cameras):
+                if not fields or (self.events and self.cameras and fields.get("camera") not in self.cameras) or (
+                        self.types is not None and fields.get("type") not in self.types):
                     skipped.setdefault(key, []).append(entry_id)  # trimmed away while pending, or filtered out
                     continue
                 entry = parse_entry(entry_id, fields)

@@ -19,9 +19,10 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from torchvision.utils import draw_bounding_boxes
 
+from pipeline.analytics.camera import Overlay
 from pipeline.monitor.yuv import rgb_to_yuv420p
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,12 @@ def line_width(width: int, height: int) -> int:
 
 def annotate(
     image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, track_ids: np.ndarray,
-    label_names: Sequence[str],
+    label_names: Sequence[str], overlay: Overlay | None = None,
 ) -> torch.Tensor:
-    """The frame (uint8 HxWx3 RGB) with each detection's box and `label #track score` drawn; uint8 3xHxW."""
+    """The frame (uint8 HxWx3 RGB) with each detection's box and `label #track score` drawn, over the camera's
+    zones and lines if it has any; uint8 3xHxW."""
+    if overlay is not None:
+        image = draw_overlay(image, overlay)
     tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     if len(boxes) == 0:
         return tensor
@@ -67,6 +71,42 @@ def annotate(
         tensor, torch.as_tensor(boxes, dtype=torch.float32), labels=texts, colors=colours,
         width=line_width(image.shape[1], image.shape[0]), fill_labels=True, label_colors="black",
     )
+
+
+ZONE_COLOUR, CROWDED_COLOUR, LINE_COLOUR = (0, 200, 80), (255, 40, 40), (255, 255, 255)
+
+
+def draw_overlay(image: np.ndarray, overlay: Overlay) -> np.ndarray:
+    """Zones shaded with their name and occupancy (red when overcrowded); lines with an arrow pointing to their
+    `in` side and their in/out totals. Returns a new uint8 HxWx3 array."""
+    base = Image.fromarray(np.ascontiguousarray(image)).convert("RGBA")
+    shade = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(shade)
+    width = line_width(base.width, base.height)
+    for name, points, occupancy, crowded in overlay.zones:
+        colour = CROWDED_COLOUR if crowded else ZONE_COLOUR
+        draw.polygon(points, fill=(*colour, 60), outline=(*colour, 255), width=width)
+        x, y = min(points, key=lambda p: (p[1], p[0]))
+        draw.text((x + 3, y + 2), f"{name}: {occupancy}", fill=(*colour, 255), stroke_width=1, stroke_fill=(0, 0, 0, 255))
+    for name, ((ax, ay), (bx, by)), total_in, total_out in overlay.lines:
+        draw.line([(ax, ay), (bx, by)], fill=(*LINE_COLOUR, 255), width=width)
+        length = max(float(np.hypot(bx - ax, by - ay)), 1e-6)
+        nx, ny = -(by - ay) / length, (bx - ax) / length  # towards the line's right: the `in` side
+        mx, my = (ax + bx) / 2, (ay + by) / 2
+        k = 6.0 * width
+        tip = (mx + nx * k, my + ny * k)
+        draw.line([(mx, my), tip], fill=(*LINE_COLOUR, 255), width=width)
+        wing = k / 2.5
+        dx, dy = (bx - ax) / length, (by - ay) / length
+        draw.polygon([tip, (tip[0] - nx * wing + dx * wing / 1.5, tip[1] - ny * wing + dy * wing / 1.5),
+                      (tip[0] - nx * wing - dx * wing / 1.5, tip[1] - ny * wing - dy * wing / 1.5)],
+                     fill=(*LINE_COLOUR, 255))
+        text = f"{name} in {total_in} out {total_out}"
+        left, top, right, bottom = draw.textbbox((0, 0), text)
+        x = min(max(ax + 4, 2), base.width - (right - left) - 2)  # next to the line's first point, inside the frame
+        y = min(max(ay + 2, 2), base.height - (bottom - top) - 4)
+        draw.text((x, y), text, fill=(*LINE_COLOUR, 255), stroke_width=1, stroke_fill=(0, 0, 0, 255))
+    return np.array(Image.alpha_composite(base, shade).convert("RGB"))
 
 
 def to_jpeg(chw: torch.Tensor, quality: int = 85) -> bytes:
@@ -88,6 +128,7 @@ class AnnotatedJob:
     scores: np.ndarray
     labels: np.ndarray
     track_ids: np.ndarray
+    overlay: Overlay | None = None
 
 
 @dataclass
@@ -242,7 +283,7 @@ class AnnotatedVideoWriter(threading.Thread):
             out = self._outputs[job.camera] = _Output(self._next_path(job.camera), w, h)
             self._stats(job.camera).files.append(str(out.path))
             log.info("camera %r: writing annotated video to %s", job.camera, out.path)
-        drawn = annotate(job.image, job.boxes, job.scores, job.labels, job.track_ids, self.label_names)
+        drawn = annotate(job.image, job.boxes, job.scores, job.labels, job.track_ids, self.label_names, job.overlay)
         out.write(drawn.permute(1, 2, 0).numpy()[:h, :w], job.pts)
         self._stats(job.camera).written += 1
 

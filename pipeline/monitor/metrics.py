@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from pipeline.analytics import AnalyticsStage
 from pipeline.config import PipelineConfig
 from pipeline.events.outbox import PublisherStats
 from pipeline.inference.batcher import CameraQueues
@@ -36,6 +37,7 @@ class MetricsSource(Protocol):
     writer: AnnotatedVideoWriter | None
 
     queues: CameraQueues
+    analytics: AnalyticsStage
 
     def camera_stats(self) -> Mapping[str, StreamStats]: ...
 
@@ -85,6 +87,7 @@ class PipelineCollector(Collector):
         yield from self._stages()
         yield from self._publisher()
         yield from self._annotated()
+        yield from self._analytics()
         engine = self.pipeline.config.engine
         info = InfoMetricFamily("rpn_engine", "The detector engine.")
         info.add_metric([], {"backend": str(getattr(self.pipeline.detector, "backend", "")), "arch": engine.arch})
@@ -173,3 +176,21 @@ class PipelineCollector(Collector):
             dropped.add_metric([name], s.dropped)
             errors.add_metric([name], s.errors)
         yield from (written, dropped, errors)
+
+    def _analytics(self) -> Iterator[Metric]:
+        occupancy = GaugeMetricFamily("rpn_zone_occupancy", "Objects inside the zone now.",
+                                      labels=["camera", "zone", "label"])
+        entries = CounterMetricFamily("rpn_zone_entries", "Objects that entered the zone.",
+                                      labels=["camera", "zone", "label"])
+        exits = CounterMetricFamily("rpn_zone_exits", "Objects that left the zone.", labels=["camera", "zone", "label"])
+        crossings = CounterMetricFamily("rpn_line_crossings", "Objects that crossed the line, by direction (in/out).",
+                                        labels=["camera", "line", "direction", "label"])
+        for camera, analytics in self.pipeline.analytics.cameras().items():
+            zones, lines = analytics.metrics()
+            for zone, label, now, entered, left in zones:
+                occupancy.add_metric([camera, zone, label], now)
+                entries.add_metric([camera, zone, label], entered)
+                exits.add_metric([camera, zone, label], left)
+            for line, direction, label, n in lines:
+                crossings.add_metric([camera, line, direction, label], n)
+        yield from (occupancy, entries, exits, crossings)

@@ -36,6 +36,7 @@ class _Latest:
     labels: np.ndarray
     track_ids: np.ndarray
     image: np.ndarray | None = None
+    overlay: object | None = None  # zones and lines (pipeline.analytics Overlay)
 
 
 @dataclass
@@ -60,7 +61,7 @@ class LiveView:
     def update(self, result: FrameResult, latency_s: float, now: float | None = None) -> None:
         frame, det = result.frame, result.detections
         latest = _Latest(frame.index, frame.pts, frame.capture_time, frame.width, frame.height, det.boxes,
-                         det.scores, det.labels, result.track_ids, frame.image)
+                         det.scores, det.labels, result.track_ids, frame.image, result.analytics)
         now = time.monotonic() if now is None else now
         with self._lock:
             cam = self._cameras.setdefault(frame.stream, _Camera())
@@ -93,6 +94,13 @@ class LiveView:
             cam = self._cameras.get(camera)
             return cam.latency_s if cam is not None else None
 
+    def frame_size(self, camera: str) -> tuple[int, int] | None:
+        """(width, height) of the camera's newest processed frame."""
+        with self._lock:
+            cam = self._cameras.get(camera)
+            latest = cam.latest if cam is not None else None
+        return (latest.width, latest.height) if latest is not None else None
+
     def latest(self, camera: str) -> dict[str, object] | None:
         """The newest processed frame: index, pts, size and its objects (JSON-ready)."""
         with self._lock:
@@ -120,7 +128,7 @@ class LiveView:
         with cam.jpeg_lock:  # concurrent viewers encode each frame once
             if cam.jpeg_index != shown.index or cam.jpeg is None:
                 drawn = annotate(shown.image, shown.boxes, shown.scores, shown.labels, shown.track_ids,
-                                 self.label_names)
+                                 self.label_names, shown.overlay)  # type: ignore[arg-type]
                 cam.jpeg, cam.jpeg_index = to_jpeg(drawn), shown.index
             return cam.jpeg, cam.jpeg_index
 
@@ -162,7 +170,7 @@ class ViewStage(Stage):
             if self.writer is not None and frame.image is not None:
                 det = result.detections
                 job = AnnotatedJob(frame.stream, frame.image, frame.pts, det.boxes, det.scores, det.labels,
-                                   result.track_ids)
+                                   result.track_ids, result.analytics)  # type: ignore[arg-type]
                 # Files wait for the encoder (their video is complete); live cameras never do.
                 self.writer.submit(job, wait=not self.is_live(frame.stream), stop=self.ctx.discard)
             frame.image = None  # the view and the writer hold their own references
