@@ -10,7 +10,7 @@ Run as a child process (so a test can kill it and start it again on the same por
 ``http.server`` serves ``DIR``: the playlist is written while clients read it, as by a camera or an encoder.
 ``mjpeg`` sends the ``*.jpg`` files of ``--jpegs`` in name order, looping, at ``--fps`` to each client of
 ``/video.mjpg`` as ``multipart/x-mixed-replace`` parts (the format IP cameras and mjpg-streamer use).
-Prints ``READY <port>`` once listening (``--port 0`` picks a free one). :class:`HttpCamera` drives it.
+Prints ``READY <port>`` once listening (for ``hls``, once the playlist has its first segment) (``--port 0`` picks a free one). :class:`HttpCamera` drives it.
 """
 from __future__ import annotations
 
@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         handler = functools.partial(_QuietFiles, directory=str(args.dir))
         writer = threading.Thread(target=write_hls, args=(args.video, args.dir, args.segment_s, stop), daemon=True)
         writer.start()
+        deadline = time.monotonic() + 30
+        while not (args.dir / "live.m3u8").exists() and writer.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)  # serve once the first segment is out, as a camera does once it is up
     else:
         _MjpegHandler.frames = [p.read_bytes() for p in sorted(args.jpegs.glob("*.jpg"))]
         _MjpegHandler.fps = args.fps
