@@ -2,12 +2,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
+import av
+import numpy as np
+import pytest
 import redis
 
+from engines import Detector
+from pipeline.config import load_config
 from pipeline.events.contract import detections_key, parse_entry
+from pipeline.runner import Pipeline
+from pipeline.sources.decoder import StreamClock
 from tests.conftest import run_cli
 from tests.footage import BIKES, VTEST, Footage
 
@@ -41,3 +49,84 @@ def test_registry_footage_runs_to_completion_at_its_own_size_and_rate(
         assert s["state"] == "finished" and s["error"] is None
         assert s["decoded"] == s["published"] == footage.frames and s["dropped"] == 0
         _check_file_entries(_entries(rclient, prefix, camera), footage)
+
+
+# --- What real footage showed, each fix with a small file of that kind -------------------------------------------
+
+def _encode(path: Path, codec: str, width: int, height: int, rate: Fraction, frames: int = 10, fmt: str | None = None,
+            pix_fmt: str = "yuv420p", sar: Fraction | None = None, options: dict[str, str] | None = None) -> Path:
+    """A small clip with moving bars (content does not matter here, the container and codec do)."""
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=rate, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if sar is not None:
+            stream.codec_context.sample_aspect_ratio = sar
+        for i in range(frames):
+            image = np.zeros((height, width, 3), np.uint8)
+            image[:, (i * 7) % width:, 1] = 200
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format=pix_fmt)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+X264 = {"preset": "ultrafast", "tune": "zerolatency"}
+
+
+@pytest.mark.parametrize(("kind", "make", "size", "step"), [
+    # Annex-B H.264 has no timestamps and FFmpeg's raw demuxer claims 25 fps: the VUI's 10 fps must be used.
+    ("raw_h264_10fps", lambda p: _encode(p.with_suffix(".h264"), "libx264", 320, 240, Fraction(10), fmt="h264",
+                                         options=X264), (320, 240), 0.1),
+    # Anamorphic (pixel aspect 2:1): resampled to square pixels, boxes in display pixels.
+    ("non_square_pixels", lambda p: _encode(p.with_suffix(".mp4"), "libx264", 240, 180, Fraction(25),
+                                            sar=Fraction(2, 1), options=X264), (480, 180), 0.04),
+    # Odd sizes (not possible in H.264 4:2:0, common in MJPEG and old codecs).
+    ("odd_size_mjpeg_avi", lambda p: _encode(p.with_suffix(".avi"), "mjpeg", 321, 241, Fraction(10),
+                                             pix_fmt="yuvj420p"), (321, 241), 0.1),
+    # A very low frame rate (a frame every 2 s, as time-lapse and some LPR cameras send).
+    ("half_fps", lambda p: _encode(p.with_suffix(".mp4"), "libx264", 320, 240, Fraction(1, 2), options=X264),
+     (320, 240), 2.0),
+])
+def test_unusual_files_are_published_whole_with_their_own_size_and_times(
+    kind: str, make: Callable[[Path], Path], size: tuple[int, int], step: float, tmp_path: Path,
+    detector: Detector, rclient: redis.Redis, prefix: str,
+) -> None:
+    video = make(tmp_path / kind)
+    config = load_config(data={"cameras": [{"name": "clip", "url": str(video)}], "redis": {"prefix": prefix}})
+    pipeline = Pipeline(config, detector, rclient)
+    pipeline.start()
+    assert pipeline.wait(timeout=60)
+    s = pipeline.report().streams["clip"]
+    assert s["state"] == "finished" and s["decoded"] == s["published"] == 10, s
+    got = _entries(rclient, prefix, "clip")
+    assert {(e["width"], e["height"]) for e in got} == {size}
+    assert [round(e["pts"], 6) for e in got] == [round(i * step, 6) for i in range(10)]
+    for e in got:
+        for obj in e["objects"]:  # type: ignore[union-attr]
+            x1, y1, x2, y2 = obj["box"]
+            assert 0 <= x1 <= x2 <= size[0] and 0 <= y1 <= y2 <= size[1]
+
+
+def test_stream_clock_keeps_live_time_increasing_across_reconnects_and_jumps() -> None:
+    clock = StreamClock(live=True, max_jump_s=5.0)
+    clock.connect(rate=10, timed=True)
+    assert [clock(1.4 + i / 10, 100.0 + i / 10) for i in range(3)] == pytest.approx([0.0, 0.1, 0.2])
+    # Reconnected 3 s later: the camera's timeline restarts at 0; ours continues after the outage.
+    clock.connect(rate=10, timed=True)
+    assert clock(0.0, 103.2) == pytest.approx(3.2)
+    assert clock(0.1, 103.3) == pytest.approx(3.3)
+    # The camera's clock jumps back (encoder restart) and, later, ahead by an hour: re-based on the wall clock.
+    assert clock(0.0, 103.4) == pytest.approx(3.4)
+    assert clock(3600.0, 103.5) == pytest.approx(3.5)
+    assert clock(3600.1, 103.6) == pytest.approx(3.6)
+    # No timestamps worth having (MJPEG over HTTP): arrival times.
+    clock.connect(rate=25, timed=False)
+    assert clock(0.04, 110.0) == pytest.approx(10.0)
+    assert clock(0.08, 110.5) == pytest.approx(10.5)
+
+
+def test_stream_clock_fills_missing_and_stuck_file_timestamps() -> None:
+    clock = StreamClock(live=False)
+    clock.connect(rate=10, timed=True)
+    assert [clock(p, 0.0) for p in (None, None, 0.2, 0.2, 0.1, 5.0)] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 5.0])
