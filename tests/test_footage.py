@@ -18,6 +18,8 @@ from pipeline.runner import Pipeline
 from pipeline.sources.decoder import StreamClock
 from tests.conftest import run_cli
 from tests.footage import BIKES, VTEST, Footage
+from tests.rtsp import GSTREAMER_MISSING, RtspServer, gstreamer_available
+from tests.test_rtsp_cameras import wait_for
 
 
 def _entries(client: redis.Redis, prefix: str, camera: str) -> list[dict[str, object]]:
@@ -130,3 +132,51 @@ def test_stream_clock_fills_missing_and_stuck_file_timestamps() -> None:
     clock = StreamClock(live=False)
     clock.connect(rate=10, timed=True)
     assert [clock(p, 0.0) for p in (None, None, 0.2, 0.2, 0.1, 5.0)] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 5.0])
+
+
+# --- Real footage over RTSP ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vtest_h264(vtest_avi: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 5 s of vtest.avi transcoded to Annex-B H.264 for the GStreamer RTSP server: libx264 zerolatency
+    (no B-frames, which the server's PTS fix needs), one keyframe a second, 768x576 at 10 fps as recorded."""
+    path = tmp_path_factory.mktemp("rtsp") / "vtest.h264"
+    with av.open(str(vtest_avi)) as source, av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=10, options={**X264, "g": "10"})
+        stream.width, stream.height, stream.pix_fmt = VTEST.width, VTEST.height, "yuv420p"
+        for i, frame in enumerate(source.decode(video=0)):
+            if i == 50:
+                break
+            frame.pts = None
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def test_rtsp_camera_carries_real_footage(vtest_h264: Path, detector: Detector, rclient: redis.Redis,
+                                          prefix: str) -> None:
+    if not gstreamer_available():
+        pytest.skip(GSTREAMER_MISSING)
+    with RtspServer({"/walkway": vtest_h264}) as server:
+        config = load_config(data={
+            "cameras": [{"name": "walkway", "url": server.url("/walkway"), "max_fps": 5}],
+            "redis": {"prefix": prefix},
+        })
+        pipeline = Pipeline(config, detector, rclient, until_sources_end=False)
+        pipeline.start()
+        try:
+            wait_for(lambda: pipeline.ctx.streams["walkway"].published >= 10, 60, "frames of the RTSP camera")
+        finally:
+            pipeline.request_stop()
+            assert pipeline.wait(timeout=30)
+    s = pipeline.report().streams["walkway"]
+    assert s["decoded"] == s["published"] + s["dropped"]
+    got = _entries(rclient, prefix, "walkway")
+    assert {(e["width"], e["height"]) for e in got} == {(768, 576)}
+    # The camera's 10 fps timestamps survive RTP: consecutive decoded frames are 0.1 s apart in stream time.
+    frames = [e["frame"] for e in got]
+    pts = [e["pts"] for e in got]
+    per_frame = {round((pb - pa) / (fb - fa), 4) for fa, fb, pa, pb in zip(frames, frames[1:], pts, pts[1:])}
+    assert per_frame == {0.1}, per_frame
