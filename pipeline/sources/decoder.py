@@ -285,12 +285,12 @@ class VideoSource(threading.Thread):
             _check_file(Path(url.removeprefix("file:")))
         fmt, options = demuxer_options(self.spec)
         timeout = (self.spec.open_timeout_s, read_timeout(self.spec, fmt))
+        if fmt is not None:
+            _check_format(fmt)
         try:
             container = av.open(url, format=fmt, options=options, timeout=timeout)
         except av.error.ProtocolNotFoundError as exc:
             raise PermanentSourceError(f"unsupported URL scheme {urlsplit(url).scheme!r}") from exc
-        except ValueError as exc:  # PyAV: no such input format
-            raise PermanentSourceError(f"unknown input format {fmt!r}") from exc
         except av.error.InvalidDataError as exc:
             cause = "not a video, or truncated or corrupt" if self.spec.is_file else "bad stream data"
             error = PermanentSourceError if self.spec.is_file else SourceError
@@ -354,7 +354,9 @@ class VideoSource(threading.Thread):
                 raise PermanentSourceError(
                     f"truncated or corrupt: decoded {decoded_here} of the {declared_frames} frames its header declares"
                 )
-            if declared_s and pts + 2.0 / rate < declared_s:
+            # Two frames of slack at the slower of the two rates (a variable-rate file's guessed rate can be high).
+            slowest = min(float(r) for r in (stream.average_rate, stream.guessed_rate, rate) if r)
+            if declared_s and pts + 2.0 / slowest < declared_s:
                 raise PermanentSourceError(
                     f"truncated or corrupt: video ends at {pts:.2f} s of the {declared_s:.2f} s its header declares"
                 )
@@ -368,10 +370,7 @@ def check_source(spec: SourceSpec) -> None:
     SourceError (unknown host). A camera that passes may still be offline: it is then retried like any other.
     """
     if spec.format is not None:
-        try:
-            av.format.ContainerFormat(spec.format)
-        except ValueError as exc:
-            raise PermanentSourceError(f"unknown input format {spec.format!r}") from exc
+        _check_format(spec.format)
     if spec.is_file:
         _check_file(Path(spec.url.removeprefix("file:")))
         return
@@ -381,6 +380,13 @@ def check_source(spec: SourceSpec) -> None:
         return
     _check_scheme(spec.url)
     _check_host(spec.url)
+
+
+def _check_format(name: str) -> None:
+    try:
+        av.format.ContainerFormat(name)
+    except ValueError as exc:
+        raise PermanentSourceError(f"unknown input format {name!r}") from exc
 
 
 def _check_file(path: Path) -> None:
