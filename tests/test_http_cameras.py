@@ -101,14 +101,10 @@ def test_live_hls_playlist_behaves_like_an_rtsp_camera(
 def test_mjpeg_over_http_behaves_like_an_rtsp_camera(
     vtest_jpegs: Path, detector: Detector, rclient: redis.Redis, prefix: str
 ) -> None:
-    # 50 frames/s of 768x576: faster than the engine here, so the live queue must drop the oldest frames.
-    with HttpCamera("mjpeg", "--jpegs", str(vtest_jpegs), "--fps", "50") as camera:
+    # 200 frames/s of 768x576: more than the engine can take, so the live queue must drop the oldest frames.
+    with HttpCamera("mjpeg", "--jpegs", str(vtest_jpegs), "--fps", "200") as camera:
         pipeline, got, before = _run_through_an_outage(camera, camera.url("video.mjpg"), rclient, prefix, detector)
     _check_like_a_camera(pipeline, got, before, rclient, prefix, (768, 576))
-    # MJPEG carries no timestamps (FFmpeg would count frames at 25 fps): frames are timed by arrival, 50 fps here.
-    first, last = got[0], got[before - 1]
-    per_frame = (last["pts"] - first["pts"]) / (last["frame"] - first["frame"])
-    assert 0.012 < per_frame < 0.03, per_frame
 
 
 @pytest.mark.parametrize("kind", ["hls", "mjpeg"])
@@ -129,7 +125,7 @@ def test_hung_http_camera_is_noticed_and_recovers(kind: str, bikes_mp4: Path, vt
         pipeline.start()
         stats = pipeline.ctx.streams
         try:
-            wait_for(lambda: stats["cam"].state == "online" and stats["cam"].published >= 5, 60, "camera online")
+            wait_for(lambda: stats["cam"].state == "online" and stats["cam"].published >= 10, 60, "camera online")
             camera.pause()
             try:
                 wait_for(lambda: stats["cam"].state == "offline", 20, "the hang to be noticed")
@@ -141,6 +137,12 @@ def test_hung_http_camera_is_noticed_and_recovers(kind: str, bikes_mp4: Path, vt
             pipeline.request_stop()
             assert pipeline.wait(timeout=30)
     assert camera_events(rclient, prefix, "cam")[-2:] == [("online", "offline"), ("offline", "online")]
+    got = [parse_entry(i, f) for i, f in rclient.xrange(detections_key(prefix, "cam"))][:10]
+    per_frame = (got[-1]["pts"] - got[0]["pts"]) / (got[-1]["frame"] - got[0]["frame"])
+    if kind == "hls":
+        assert round(per_frame, 6) == 0.04  # the camera's own 25 fps timestamps
+    else:  # MJPEG has none (FFmpeg would count frames at 25 fps): timed by arrival, 10 fps here
+        assert 0.07 < per_frame < 0.15, per_frame
 
 
 @pytest.mark.parametrize(("url", "fmt"), [
