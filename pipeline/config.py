@@ -155,7 +155,12 @@ def check_labels(analytics: AnalyticsConfig | CameraConfig, label_names: Sequenc
 
 class CameraConfig(_Strict):
     name: str = Field(description="Unique camera name; used in Redis keys, logs and events.")
-    url: str = Field(min_length=1, description="File path, file:, rtsp://, http(s):// URL.")
+    url: str = Field(min_length=1, description="File path, file:, rtsp://, http(s):// URL (HLS .m3u8, MJPEG).")
+    format: str | None = Field(
+        None, pattern=r"^[a-z0-9_,]+$",
+        description="FFmpeg input format, e.g. mpjpeg (MJPEG over HTTP), hls, v4l2; default: guessed from the URL "
+                    "(.m3u8: hls; mjpg/mjpeg in the path or ?action=stream: mpjpeg), else probed.",
+    )
     options: dict[str, str] = Field(default_factory=dict, description="FFmpeg demuxer options.")
     transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
     open_timeout_s: float = Field(10.0, gt=0)

@@ -83,7 +83,7 @@ def source_spec(camera: CameraConfig, config: PipelineConfig) -> SourceSpec:
     r = config.runtime.reconnect
     return SourceSpec(
         camera.name, camera.url, dict(camera.options), camera.transport, camera.open_timeout_s, camera.read_timeout_s,
-        camera.realtime, camera.max_fps, Backoff(r.initial_s, r.max_s, r.jitter, r.healthy_s),
+        camera.realtime, camera.max_fps, Backoff(r.initial_s, r.max_s, r.jitter, r.healthy_s), camera.format,
     )
 
 

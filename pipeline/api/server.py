@@ -119,14 +119,14 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
         cfg = _listed(pipeline, name)
         body = _camera_json(pipeline, name, cfg)
         body["last_frame"] = pipeline.view.latest(name)
-        body["settings"] = cfg.model_dump(include={"transport", "open_timeout_s", "read_timeout_s", "realtime",
-                                                   "max_fps"})
+        body["settings"] = cfg.model_dump(include={"transport", "format", "open_timeout_s", "read_timeout_s",
+                                                   "realtime", "max_fps"})
         return body
 
     @app.post("/api/cameras", status_code=status.HTTP_201_CREATED, dependencies=auth)
     def add_camera(camera: CameraConfig, response: Response) -> dict[str, Any]:
-        """Start a camera; 409 if the name is taken, 400 with the reason if it cannot work (bad scheme, missing
-        file, unknown host). A camera that is merely offline is accepted and retried."""
+        """Start a camera; 409 if the name is taken, 400 with the reason if it cannot work (bad scheme or input
+        format, missing file, unknown host). A camera that is merely offline is accepted and retried."""
         if camera.name in pipeline.listed_cameras():
             raise HTTPException(status.HTTP_409_CONFLICT, f"camera {camera.name!r} already exists")
         if problems := check_labels(camera, pipeline.detector.label_names):

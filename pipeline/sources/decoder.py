@@ -5,12 +5,21 @@ stream with a `StreamEnd` marker so that later stages can release per-stream sta
 
 - Files are read once, as fast as the pipeline takes them (lossless: a full queue blocks), or paced to their native
   frame rate with `realtime` (then they behave like a camera).
-- Live sources (rtsp://, http(s)://, /dev/videoN, ...) reconnect forever with exponential backoff and jitter, reset
+- Live sources (rtsp://, http(s):// incl. HLS playlists and MJPEG streams, /dev/videoN, ...) reconnect forever with exponential backoff and jitter, reset
   after a healthy period. Their queue is tiny and drops the oldest frame, so the engine always gets fresh frames.
   Each state change (connecting -> online -> offline -> online ...) is reported once through `on_state`: an outage
   gives one "offline" and, when the camera is back, one "online", however many attempts it takes.
 
 Failures never affect other sources; every message names the source, with credentials redacted.
+
+What real footage and cameras showed, and how frames are made uniform here (each has a test):
+- Timestamps: raw streams (Annex-B .h264) have none, MJPEG over HTTP has none worth the name (FFmpeg counts frames at
+  a made-up 25 fps), and live timelines restart at every reconnect or jump at an encoder restart. `StreamClock` gives
+  every frame a stream time that never goes back; see there.
+- Frame rate: for a file without timestamps the rate in the bitstream (H.264 VUI) is used, not the demuxer's 25 fps
+  default.
+- Non-square pixels (a sample aspect ratio other than 1:1, e.g. anamorphic DVB/DV): frames are resampled to square
+  pixels at their display size, so the detector sees undistorted objects and boxes match what players show.
 """
 from __future__ import annotations
 
@@ -21,14 +30,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import av
+import numpy as np
 
 from pipeline.frame import Frame, StreamEnd
 from pipeline.stage import RunContext
-from pipeline.sources.urls import is_local_path, redact_url
+from pipeline.sources.urls import guess_format, is_local_path, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +77,11 @@ class SourceSpec:
     realtime: bool = False  # pace a file to its native frame rate (it then stands in for a camera)
     max_fps: float | None = None  # detect at most this many frames per second of this source
     backoff: Backoff = field(default_factory=Backoff)
+    format: str | None = None  # FFmpeg input format; None: guessed from the URL (guess_format), else probed
+
+    @property
+    def input_format(self) -> str | None:
+        return self.format or guess_format(self.url)
 
     @property
     def is_file(self) -> bool:
@@ -81,15 +97,77 @@ def demuxer_options(spec: SourceSpec) -> tuple[str | None, dict[str, str]]:
     """FFmpeg input format and options for a source: short probing and socket timeouts for network streams."""
     scheme = urlsplit(spec.url).scheme.lower()
     options: dict[str, str] = {}
-    fmt = None
     if scheme in ("rtsp", "rtsps"):
         options = {"rtsp_transport": spec.transport, "timeout": str(int(spec.read_timeout_s * 1e6))}
+    elif scheme in ("http", "https"):
+        # The HTTP protocol's own socket timeout (µs); the HLS demuxer passes it on to each playlist and segment.
+        options = {"rw_timeout": str(int(spec.read_timeout_s * 1e6))}
     if not spec.is_file:
         options.update(analyzeduration="500000", probesize="500000")
-    if spec.url.startswith("/dev/video"):
-        fmt = "v4l2"
     options.update(spec.options)  # the user's options win
-    return fmt, options
+    return spec.input_format, options
+
+
+def read_timeout(spec: SourceSpec, fmt: str | None) -> float:
+    """PyAV's per-read timeout. It fires after up to twice its value (measured: 2 x 1 s -> error at 2.0 s), so a third
+    of ours: a stalled camera is noticed within read_timeout_s. One read of a live HLS playlist blocks until the next
+    segment is published, so there it is the whole read_timeout_s (which must exceed the segment duration)."""
+    return spec.read_timeout_s if fmt == "hls" else spec.read_timeout_s / 3
+
+
+# Formats whose timestamps are made up by FFmpeg (frames counted at a default rate): timed by arrival instead.
+UNTIMED_FORMATS = frozenset({"mpjpeg", "mjpeg", "jpeg_pipe", "image2pipe"})
+
+
+class StreamClock:
+    """The stream time, in seconds, of each decoded frame of one source: the `pts` of its published entry.
+
+    - Files: the container's timestamps. A frame without one (raw Annex-B H.264, some AVI muxers), or with one that
+      does not advance, gets the previous time plus one frame interval.
+    - Live sources: one increasing timeline for the whole run. Each connection starts where the last frame left off
+      plus the wall-clock time in between (an outage is a gap of its length in stream time, not a restart at 0, so
+      the tracker ages lost tracks correctly), and follows the camera's timestamps from there. Frames without
+      timestamps, and formats whose timestamps are made up (MJPEG over HTTP), are timed by their arrival. A timestamp
+      that goes back, or jumps ahead of the wall clock by more than `max_jump_s` (an encoder restart, an HLS
+      discontinuity, a wrapped MPEG-TS clock), is re-based the same way as a reconnect.
+    """
+
+    def __init__(self, live: bool, max_jump_s: float = 5.0) -> None:
+        self.live = live
+        self.max_jump_s = max_jump_s
+        self.last: float | None = None  # output time of the last frame
+        self._last_wall = 0.0  # monotonic arrival of the last frame
+        self._last_raw = 0.0  # the last frame's time on the connection's own timeline
+        self._offset: float | None = None  # output - raw, per connection
+        self._interval = 0.04
+        self._timed = True
+
+    def connect(self, rate: float, timed: bool) -> None:
+        """A new connection (or file) at `rate` frames/s; `timed`: its timestamps are real."""
+        self._interval = 1.0 / rate if rate > 0 else 0.04
+        self._timed = timed
+        self._offset = None
+
+    def __call__(self, pts: float | None, now: float) -> float:
+        """Stream time of a frame with container time `pts` (None: none) that arrived at monotonic `now`."""
+        last = self.last
+        if not self.live:
+            t = pts if pts is not None else (last + self._interval if last is not None else 0.0)
+            if last is not None and t <= last:
+                t = last + self._interval
+        else:
+            raw = pts if pts is not None and self._timed else now
+            if self._offset is not None:
+                step = raw - self._last_raw
+                if step <= 0 or step - (now - self._last_wall) > self.max_jump_s:
+                    self._offset = None  # the camera's clock jumped: re-base
+            if self._offset is None:
+                anchor = 0.0 if last is None else last + max(now - self._last_wall, self._interval)
+                self._offset = anchor - raw
+            t = raw + self._offset
+            self._last_raw = raw
+        self.last, self._last_wall = t, now
+        return t
 
 
 class VideoSource(threading.Thread):
@@ -111,6 +189,7 @@ class VideoSource(threading.Thread):
         self.stats = ctx.stream(spec.name)
         self.stats.source = redact_url(spec.url)
         self.index = 0  # frames decoded by this source, across reconnects
+        self.clock = StreamClock(live=spec.live and not spec.is_file)
         self._rng = random.Random(hash(spec.name))
 
     @property
@@ -205,9 +284,9 @@ class VideoSource(threading.Thread):
         if self.spec.is_file:
             _check_file(Path(url.removeprefix("file:")))
         fmt, options = demuxer_options(self.spec)
-        # PyAV's read timeout fires after up to twice its value (measured: 2 x 1 s -> error at 2.0 s): give it a
-        # third of ours, so a stalled camera is noticed within read_timeout_s.
-        timeout = (self.spec.open_timeout_s, self.spec.read_timeout_s / 3)
+        timeout = (self.spec.open_timeout_s, read_timeout(self.spec, fmt))
+        if fmt is not None:
+            _check_format(fmt)
         try:
             container = av.open(url, format=fmt, options=options, timeout=timeout)
         except av.error.ProtocolNotFoundError as exc:
@@ -231,15 +310,19 @@ class VideoSource(threading.Thread):
     ) -> float | None:
         """Decode until the input ends or the source stops; returns when the first frame came (monotonic)."""
         stream = container.streams.video[0]
-        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        # The bitstream's rate (guessed_rate: H.264 VUI) before the demuxer's: a raw stream's average_rate is
+        # FFmpeg's 25 fps default whatever the camera sends.
+        rate = float(stream.guessed_rate or stream.average_rate or 25)
+        self.clock.connect(rate, timed=container.format.name not in UNTIMED_FORMATS)
+        pixel_aspect = _pixel_aspect(stream)
         first_at: float | None = None
         pace_start: float | None = None
         decoded_here, pts = 0, 0.0
         try:
             for packet in container.demux(stream):
                 for av_frame in packet.decode():
-                    image = av_frame.to_ndarray(format="rgb24")
-                    pts = float(av_frame.time) if av_frame.time is not None else decoded_here / rate
+                    image = _to_rgb(av_frame, pixel_aspect)
+                    pts = self.clock(float(av_frame.time) if av_frame.time is not None else None, time.monotonic())
                     if self.spec.realtime:  # a file standing in for a camera: release frames at their pts
                         pace_start = pace_start if pace_start is not None else time.monotonic() - pts
                         wait = pace_start + pts - time.monotonic()
@@ -271,7 +354,9 @@ class VideoSource(threading.Thread):
                 raise PermanentSourceError(
                     f"truncated or corrupt: decoded {decoded_here} of the {declared_frames} frames its header declares"
                 )
-            if declared_s and pts + 2.0 / rate < declared_s:
+            # Two frames of slack at the slower of the two rates (a variable-rate file's guessed rate can be high).
+            slowest = min(float(r) for r in (stream.average_rate, stream.guessed_rate, rate) if r)
+            if declared_s and pts + 2.0 / slowest < declared_s:
                 raise PermanentSourceError(
                     f"truncated or corrupt: video ends at {pts:.2f} s of the {declared_s:.2f} s its header declares"
                 )
@@ -281,9 +366,11 @@ class VideoSource(threading.Thread):
 def check_source(spec: SourceSpec) -> None:
     """The checks that need no connection to the camera, for refusing a bad camera up front (the HTTP API).
 
-    Raises PermanentSourceError (missing file or device, a URL scheme FFmpeg cannot read) or SourceError (unknown
-    host). A camera that passes may still be offline: it is then retried like any other.
+    Raises PermanentSourceError (missing file or device, a URL scheme or input format FFmpeg cannot read) or
+    SourceError (unknown host). A camera that passes may still be offline: it is then retried like any other.
     """
+    if spec.format is not None:
+        _check_format(spec.format)
     if spec.is_file:
         _check_file(Path(spec.url.removeprefix("file:")))
         return
@@ -293,6 +380,13 @@ def check_source(spec: SourceSpec) -> None:
         return
     _check_scheme(spec.url)
     _check_host(spec.url)
+
+
+def _check_format(name: str) -> None:
+    try:
+        av.format.ContainerFormat(name)
+    except ValueError as exc:
+        raise PermanentSourceError(f"unknown input format {name!r}") from exc
 
 
 def _check_file(path: Path) -> None:
@@ -329,8 +423,32 @@ def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or type(exc).__name__
 
 
+def _pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction | None:
+    """The stream's sample (pixel) aspect ratio when it is known and not square; None otherwise."""
+    sar = stream.codec_context.sample_aspect_ratio or stream.sample_aspect_ratio
+    if sar is None or sar.numerator <= 0 or sar.numerator == sar.denominator:
+        return None
+    return Fraction(sar.numerator, sar.denominator)
+
+
+def _to_rgb(av_frame: av.VideoFrame, pixel_aspect: Fraction | None) -> np.ndarray:
+    """RGB pixels of a frame; non-square pixels are resampled to square ones (display width, height kept)."""
+    if pixel_aspect is None:
+        return av_frame.to_ndarray(format="rgb24")
+    width = max(2, round(av_frame.width * pixel_aspect / 2) * 2)
+    return av_frame.to_ndarray(format="rgb24", width=width, height=av_frame.height)
+
+
 def _describe(container: av.container.InputContainer) -> str:
     stream = container.streams.video[0]
     ctx = stream.codec_context
-    rate = f"{float(stream.average_rate):.2f} fps" if stream.average_rate else "unknown fps"
-    return f"{ctx.name} {ctx.width}x{ctx.height}, {rate}"
+    rate = stream.guessed_rate or stream.average_rate
+    parts = [f"{ctx.name} {ctx.width}x{ctx.height}", f"{float(rate):.2f} fps" if rate else "unknown fps"]
+    sar = _pixel_aspect(stream)
+    if sar is not None:
+        parts.append(f"pixel aspect {sar.numerator}:{sar.denominator}")
+    if ctx.has_b_frames:
+        parts.append("B-frames")
+    if container.format.name in ("hls", "mpjpeg"):
+        parts.append(container.format.name)
+    return ", ".join(parts)
