@@ -43,6 +43,8 @@ setup(
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "httpx>=0.27", "trustme>=1.1", "import-linter>=2.1"],
         # `eval-tracking` compares our tracker with the trackers package's ByteTrack and OC-SORT.
         "eval": ["trackers>=2"],
+        # `run --cluster`: cameras placed over the nodes of a Ray cluster (pipeline/cluster/, docs/cluster.md).
+        "cluster": ["ray[default]>=2.9"],
     },
     entry_points={"console_scripts": ["rpn-pipeline=pipeline.cli:main"]},
 )

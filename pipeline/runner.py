@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,11 +79,11 @@ class RunReport:
         return out
 
 
-def source_spec(camera: CameraConfig, config: PipelineConfig) -> SourceSpec:
+def source_spec(camera: CameraConfig, config: PipelineConfig, start_after: int | None = None) -> SourceSpec:
     r = config.runtime.reconnect
     return SourceSpec(
         camera.name, camera.url, dict(camera.options), camera.transport, camera.open_timeout_s, camera.read_timeout_s,
-        camera.realtime, camera.max_fps, Backoff(r.initial_s, r.max_s, r.jitter, r.healthy_s),
+        camera.realtime, camera.max_fps, Backoff(r.initial_s, r.max_s, r.jitter, r.healthy_s), start_after,
     )
 
 
@@ -97,13 +98,18 @@ class Pipeline:
     def __init__(
         self, config: PipelineConfig, detector: Detector, client: redis.Redis, until_sources_end: bool = True,
         annotated_dir: Path | None = None, redis_where: str | None = None,
+        fence: Callable[[str, dict[str, str]], tuple[str, str] | None] | None = None,
+        resume_after: dict[str, int] | None = None,
     ) -> None:
         """`client` need not reach Redis yet: entries wait in the publisher's buffer until it does.
-        `redis_where` names the server in log lines (a URL without password; default: from the client)."""
+        `redis_where` names the server in log lines (a URL without password; default: from the client).
+        `fence` (cluster mode) fences each entry by its camera's placement (pipeline/events/outbox.py).
+        `resume_after` (`run --resume`): per file camera, the last frame index an earlier run published."""
         self.config = config
         self.detector = detector
         self.ctx = RunContext()
         self.until_sources_end = until_sources_end
+        self.resume_after = dict(resume_after or {})
         self.metrics = PipelineMetrics()
         size = config.runtime.queue_size
         self.queues = CameraQueues(self.ctx)
@@ -112,7 +118,7 @@ class Pipeline:
         tracked: Channel[object] = Channel("tracked", size)
         viewed: Channel[object] = Channel("viewed", size)
         # One outbox for frames and events: no stage or source thread waits on Redis, and each stream stays ordered.
-        self.outbox = make_outbox(client, config.redis, self.ctx, redis_where)
+        self.outbox = make_outbox(client, config.redis, self.ctx, redis_where, fence)
         self.events = EventPublisher(self.outbox, config.redis.prefix)
         self.publisher = PublisherStage(viewed, self.ctx, self.outbox, detector.label_names, config.redis.prefix,
                                         config.redis.flush_timeout_s)
@@ -150,14 +156,16 @@ class Pipeline:
         for stage in self.stages:
             stage.start()
         for camera in self.config.cameras:
-            self.add_source(camera)
+            self.add_source(camera, start_after=self.resume_after.get(camera.name))
         with self._lock:
             self._all_added = True
         self._end_if_idle()
 
-    def add_source(self, camera: CameraConfig) -> None:
-        """Start reading a camera or file; its name must not be in use. RuntimeError once the pipeline is ending."""
-        spec = source_spec(camera, self.config)
+    def add_source(self, camera: CameraConfig, start_after: int | None = None) -> None:
+        """Start reading a camera or file; its name must not be in use. RuntimeError once the pipeline is ending.
+
+        `start_after` (files): skip the frames up to this index, already published by an earlier run (resume)."""
+        spec = source_spec(camera, self.config, start_after)
         with self._lock:
             if camera.name in self.sources:
                 raise ValueError(f"camera {camera.name!r} already exists")

@@ -66,6 +66,7 @@ class SourceSpec:
     realtime: bool = False  # pace a file to its native frame rate (it then stands in for a camera)
     max_fps: float | None = None  # detect at most this many frames per second of this source
     backoff: Backoff = field(default_factory=Backoff)
+    start_after: int | None = None  # files: frames up to this index were published before (resume); skip them
 
     @property
     def is_file(self) -> bool:
@@ -238,6 +239,10 @@ class VideoSource(threading.Thread):
         try:
             for packet in container.demux(stream):
                 for av_frame in packet.decode():
+                    if self.spec.start_after is not None and self.index <= self.spec.start_after and self.spec.is_file:
+                        self.index += 1  # published by an earlier run: decoded only to reach the next frame
+                        decoded_here += 1
+                        continue
                     image = av_frame.to_ndarray(format="rgb24")
                     pts = float(av_frame.time) if av_frame.time is not None else decoded_here / rate
                     if self.spec.realtime:  # a file standing in for a camera: release frames at their pts
