@@ -470,15 +470,15 @@ class Outbox:
             self._cond.notify_all()
         now = time.monotonic()
         for message, entries in rejected.items():
-            if message == FENCED_REASON:
-                log.warning("Redis at %s refused %d entries: %s (another worker owns the camera now)", self.where,
-                            len(entries), message)
-                continue
             self._rejected_count[message] = self._rejected_count.get(message, 0) + len(entries)
             if now - self._rejected_logged.get(message, -1e9) >= 10:  # a misconfigured ACL: not a line per chunk
                 self._rejected_logged[message] = now
-                log.error("Redis at %s rejected %d entries so far (dropped them): %s", self.where,
-                          self._rejected_count[message], message)
+                if message == FENCED_REASON:  # cluster mode: another worker owns the camera now
+                    log.warning("Redis at %s: %d entries refused so far (%s)", self.where,
+                                self._rejected_count[message], message)
+                else:
+                    log.error("Redis at %s rejected %d entries so far (dropped them): %s", self.where,
+                              self._rejected_count[message], message)
         if transient is not None:
             self._went_down(transient)
             return False
