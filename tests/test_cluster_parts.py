@@ -10,13 +10,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
 
 from engines import Detector
 from pipeline.cluster.placement import WorkerSlot, choose_worker, place_all
 from pipeline.cluster.state import ClusterState
 from pipeline.cluster.worker import ClusterWorker
-from pipeline.config import load_config
+from pipeline.config import ConfigError, load_config
+from pipeline.runner import Pipeline
 from pipeline.events.bus import dedicated_client
 from pipeline.events.contract import detections_key, events_key, owner_key
 from pipeline.events.outbox import FENCED_REASON, Outbox
@@ -31,32 +33,12 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_without_cluster_ray_is_never_imported(make_video: Callable[..., Path], redis_url: str, prefix: str) -> None:
-    video = make_video(10, seed=3)
-    code = (
-        "import sys; from pipeline.cli.commands import main; "
-        f"rc = main(['--log-level', 'warning', 'run', '--source', {str(video)!r}, '--redis-url', {redis_url!r}, "
-        f"'--prefix', {prefix!r}]); "
-        "assert rc == 0, rc; "
-        "loaded = sorted(m for m in sys.modules if m == 'ray' or m.startswith(('ray.', 'pipeline.cluster'))); "
-        "print('LOADED', loaded)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "LOADED []" in result.stdout
-
-
-def test_cluster_usage_and_config_errors_exit_2(make_video: Callable[..., Path], redis_url: str,
-                                                tmp_path: Path) -> None:
-    video = str(make_video(10, seed=3))
-    result = run_cli("run", "--cluster", "local:x", "--source", video, "--redis-url", redis_url)
+def test_cluster_usage_and_config_errors_exit_2(make_video: Callable[..., Path], redis_url: str) -> None:
+    result = run_cli("run", "--cluster", "local:x", "--source", str(make_video(10, seed=3)), "--redis-url", redis_url)
     assert result.returncode == 2
-    assert "--cluster local:x: expected local:N" in result.stderr
-    bad = tmp_path / "bad_cluster.yaml"
-    bad.write_text("cluster: {max_cameras_per_worker: 0}\n")
-    result = run_cli("run", "--source", video, "--redis-url", redis_url, "--config", str(bad))
-    assert result.returncode == 2
-    assert f"{bad}: cluster.max_cameras_per_worker: Input should be greater than or equal to 1" in result.stderr
+    assert "--cluster local:x: expected local:N with N worker nodes" in result.stderr
+    with pytest.raises(ConfigError, match="cluster.max_cameras_per_worker: Input should be greater than or equal to 1"):
+        load_config(data={"cluster": {"max_cameras_per_worker": 0}})
 
 
 def test_placement_spreads_by_load_and_reports_what_fits_nowhere() -> None:
@@ -157,19 +139,32 @@ def test_shared_stream_entry_resent_after_a_lost_reply_is_written_once(rclient: 
     assert rclient.xlen(key) == 1
 
 
-def test_run_resume_continues_a_file_after_its_last_published_frame(
-    make_video: Callable[..., Path], redis_url: str, rclient: redis.Redis, prefix: str, tmp_path: Path
+def test_run_resume_continues_a_file_after_its_last_published_frame_and_never_imports_ray(
+    make_video: Callable[..., Path], detector: Detector, redis_url: str, rclient: redis.Redis, prefix: str,
+    tmp_path: Path
 ) -> None:
     video = make_video(40, seed=7)
     key = detections_key(prefix, "clip")
-    args = ("run", "--source", f"clip={video}", "--redis-url", redis_url, "--prefix", prefix)
-    assert run_cli(*args).returncode == 0
+    config = load_config(data={"cameras": [{"name": "clip", "url": str(video)}], "redis": {"prefix": prefix}})
+    first = Pipeline(config, detector, rclient)
+    first.start()
+    assert first.wait(60) and first.report().ok
     # Make it an earlier run that died after publishing frame 14: only frames 0..14 are in the stream.
     entries = rclient.xrange(key)
     rclient.xdel(key, *[entry_id for entry_id, fields in entries if int(fields["frame"]) > 14])
-    result = run_cli(*args, "--resume", "--summary-json", str(tmp_path / "summary.json"))
+    # `run --resume` as a user runs it; without --cluster, neither Ray nor pipeline.cluster is imported.
+    summary = tmp_path / "summary.json"
+    code = (
+        "import sys; from pipeline.cli.commands import main; "
+        f"rc = main(['--log-level', 'warning', 'run', '--source', 'clip={video}', '--redis-url', {redis_url!r}, "
+        f"'--prefix', {prefix!r}, '--resume', '--summary-json', {str(summary)!r}]); "
+        "loaded = sorted(m for m in sys.modules if m == 'ray' or m.startswith(('ray.', 'pipeline.cluster'))); "
+        "print('LOADED', loaded); sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "LOADED []" in result.stdout
     assert "Resuming clip after frame 14" in result.stderr
     assert [int(f["frame"]) for _, f in rclient.xrange(key)] == list(range(40))  # every frame once, in order
-    stream = json.loads((tmp_path / "summary.json").read_text())["streams"]["clip"]
+    stream = json.loads(summary.read_text())["streams"]["clip"]
     assert stream["published"] == stream["decoded"] == 25

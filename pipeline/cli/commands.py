@@ -247,6 +247,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"error: --save-annotated {args.save_annotated}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
+    if args.cluster:
+        from pipeline.cluster.address import parse_address
+
+        parse_address(args.cluster)  # a typo fails before anything starts
     bus = _connect_for_run(config)  # before the detector: a wrong password or certificate fails at once
     if bus is None:
         return EXIT_USAGE
@@ -328,7 +332,8 @@ def _resume_points(config: PipelineConfig, bus: Bus) -> dict[str, int]:
 def _run_cluster(args: argparse.Namespace, config: PipelineConfig, bus: Bus) -> int:
     """`run --cluster ADDRESS`: the controller places the cameras on the cluster's workers; files end the run."""
     try:
-        from pipeline.cluster.session import ClusterSession, parse_address
+        from pipeline.cluster.address import parse_address
+        from pipeline.cluster.session import ClusterSession
     except ImportError as exc:
         print(f"error: --cluster needs Ray: pip install -e '.[cluster]' ({exc})", file=sys.stderr)
         return EXIT_USAGE

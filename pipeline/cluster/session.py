@@ -7,34 +7,19 @@ carry the worker resource), with health checks tuned so that a lost node is noti
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from pipeline.cluster.address import parse_address
 from pipeline.cluster.controller import CONTROLLER_NAME, ClusterController
 from pipeline.cluster.state import ClusterState
 from pipeline.cluster.worker import redis_client
-from pipeline.config import ConfigError, PipelineConfig
+from pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
-
-LOCAL = re.compile(r"^local:([0-9]+)$")
-
-
-def parse_address(address: str) -> int | None:
-    """N for `local:N`, None for a Ray address; ConfigError for a malformed `local:`."""
-    if address.startswith("local"):
-        match = LOCAL.match(address)
-        if not match or not 1 <= int(match.group(1)) <= 64:
-            raise ConfigError(f"--cluster {address}: expected local:N with N worker nodes, 1..64 (e.g. local:3)")
-        return int(match.group(1))
-    if not address.strip():
-        raise ConfigError("--cluster: empty address; give auto, ray://HOST:10001, HOST:PORT or local:N")
-    return None
-
 
 def system_config(config: PipelineConfig) -> dict[str, Any]:
     """Ray's failure detection for a local cluster: health checks every period, lost after `threshold` misses."""
