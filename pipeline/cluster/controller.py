@@ -17,6 +17,7 @@ placements, and moves nothing that is healthy. One reconcile loop, every `cluste
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -92,7 +93,7 @@ class ClusterController:
 
     # --- the API of the actor ----------------------------------------------------------------------------------------
     def ready(self) -> dict[str, Any]:
-        return {"api": self.server.url if self.server else None, "started_at": self.started_at}
+        return {"api": self.server.url if self.server else None, "started_at": self.started_at, "pid": os.getpid()}
 
     def add_camera(self, camera: CameraConfig) -> bool:
         """Want `camera` running; False if its name is taken. It is placed at the next reconcile."""
