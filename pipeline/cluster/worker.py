@@ -10,6 +10,7 @@ under "fenced: placement revoked", even if it never heard of the move.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -106,7 +107,7 @@ class ClusterWorker:
                 "drop_reasons": dict(stats.drop_reasons), "objects": stats.objects, "error": stats.error,
             }
         pub = self.pipeline.publisher_stats()
-        return {"name": self.name, "node": self.node, "cameras": cameras, "started_at": self.started_at,
+        return {"name": self.name, "node": self.node, "pid": os.getpid(), "cameras": cameras, "started_at": self.started_at,
                 "redis_connected": pub.connected, "buffered_entries": pub.buffered_entries,
                 "dropped_by_reason": self.pipeline.outbox.dropped_by_reason()}
 
