@@ -47,6 +47,8 @@ setup(
         # `eval-tracking` compares our tracker with the trackers package's ByteTrack and OC-SORT.
         # eval-analytics compares our line counting with supervision's LineZone.
         "eval": ["trackers>=2", "supervision>=0.25"],
+        # `run --cluster`: cameras placed over the nodes of a Ray cluster (pipeline/cluster/, docs/cluster.md).
+        "cluster": ["ray[default]>=2.9"],
     },
     entry_points={"console_scripts": ["rpn-pipeline=pipeline.cli:main"]},
 )

@@ -12,6 +12,7 @@ engine: {backend: auto, arch: fasterrcnn_lite, weights: null, score_threshold: 0
 batching: {max_batch: 4, max_delay_ms: 20}
 redis: {url: null, prefix: rpn, maxlen: 10000, buffer_max_entries: 100000}
 server: {host: 127.0.0.1, port: 8080}   # HTTP API, metrics, live view (docs/api.md); token: env RPN_API_TOKEN
+cluster: {max_cameras_per_worker: 8}    # only with `run --cluster` (docs/cluster.md)
 ```
 """
 from __future__ import annotations
@@ -344,6 +345,20 @@ class ServerConfig(_Strict):
         return self
 
 
+class ClusterConfig(_Strict):
+    """Cluster mode on Ray (`run --cluster ADDRESS`, docs/cluster.md); ignored without it."""
+
+    max_cameras_per_worker: int = Field(8, ge=1, le=10_000, description="Cameras one worker node takes at most.")
+    worker_resource: str = Field("rpn_worker", min_length=1,
+                                 description="Ray custom resource that marks a worker node (one worker per node).")
+    namespace: str = Field("rpn", min_length=1, description="Ray namespace of the controller and worker actors.")
+    reconcile_interval_s: float = Field(0.5, gt=0, le=60, description="How often the controller checks placements.")
+    worker_timeout_s: float = Field(5.0, gt=0, description="A worker that does not answer this long takes no new cameras.")
+    health_check_period_ms: int = Field(500, ge=50, description="local:N clusters: Ray's node health check period.")
+    health_check_failure_threshold: int = Field(
+        3, ge=1, description="local:N clusters: missed health checks before Ray declares a node dead.")
+
+
 class PipelineConfig(_Strict):
     cameras: list[CameraConfig] = Field(default_factory=list)
     engine: EngineConfig = Field(default_factory=EngineConfig)
@@ -351,6 +366,7 @@ class PipelineConfig(_Strict):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> PipelineConfig:

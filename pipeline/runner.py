@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -79,11 +80,12 @@ class RunReport:
         return out
 
 
-def source_spec(camera: CameraConfig, config: PipelineConfig) -> SourceSpec:
+def source_spec(camera: CameraConfig, config: PipelineConfig, start_after: int | None = None) -> SourceSpec:
     r = config.runtime.reconnect
     return SourceSpec(
         camera.name, camera.url, dict(camera.options), camera.transport, camera.open_timeout_s, camera.read_timeout_s,
         camera.realtime, camera.max_fps, Backoff(r.initial_s, r.max_s, r.jitter, r.healthy_s), camera.format,
+        start_after,
     )
 
 
@@ -98,14 +100,19 @@ class Pipeline:
     def __init__(
         self, config: PipelineConfig, detector: Detector, client: redis.Redis, until_sources_end: bool = True,
         annotated_dir: Path | None = None, redis_where: str | None = None,
+        fence: Callable[[str, dict[str, str]], tuple[str, str] | None] | None = None,
+        resume_after: dict[str, int] | None = None,
     ) -> None:
         """`client` need not reach Redis yet: entries wait in the publisher's buffer until it does.
-        `redis_where` names the server in log lines (a URL without password; default: from the client)."""
+        `redis_where` names the server in log lines (a URL without password; default: from the client).
+        `fence` (cluster mode) fences each entry by its camera's placement (pipeline/events/outbox.py).
+        `resume_after` (`run --resume`): per file camera, the last frame index an earlier run published."""
         keep = DetectionFilter.from_config(config.engine, detector.label_names)  # first: a bad label starts nothing
         self.config = config
         self.detector = detector
         self.ctx = RunContext()
         self.until_sources_end = until_sources_end
+        self.resume_after = dict(resume_after or {})
         self.metrics = PipelineMetrics()
         size = config.runtime.queue_size
         self.queues = CameraQueues(self.ctx)
@@ -115,7 +122,7 @@ class Pipeline:
         counted: Channel[object] = Channel("counted", size)
         viewed: Channel[object] = Channel("viewed", size)
         # One outbox for frames and events: no stage or source thread waits on Redis, and each stream stays ordered.
-        self.outbox = make_outbox(client, config.redis, self.ctx, redis_where)
+        self.outbox = make_outbox(client, config.redis, self.ctx, redis_where, fence)
         self.events = EventPublisher(self.outbox, config.redis.prefix)
         self.publisher = PublisherStage(viewed, self.ctx, self.outbox, detector.label_names, config.redis.prefix,
                                         config.redis.flush_timeout_s)
@@ -159,14 +166,16 @@ class Pipeline:
         for stage in self.stages:
             stage.start()
         for camera in self.config.cameras:
-            self.add_source(camera)
+            self.add_source(camera, start_after=self.resume_after.get(camera.name))
         with self._lock:
             self._all_added = True
         self._end_if_idle()
 
-    def add_source(self, camera: CameraConfig) -> None:
-        """Start reading a camera or file; its name must not be in use. RuntimeError once the pipeline is ending."""
-        spec = source_spec(camera, self.config)
+    def add_source(self, camera: CameraConfig, start_after: int | None = None) -> None:
+        """Start reading a camera or file; its name must not be in use. RuntimeError once the pipeline is ending.
+
+        `start_after` (files): skip the frames up to this index, already published by an earlier run (resume)."""
+        spec = source_spec(camera, self.config, start_after)
         problems = check_labels(camera, self.detector.label_names)
         if problems:
             raise ConfigError(f"camera {camera.name!r}: " + "; ".join(problems))

@@ -38,14 +38,10 @@ def _page() -> str:
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
-def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
-    """The app serving `pipeline`; `token` (if given) is required as a bearer token."""
-    app = FastAPI(
-        title="rpn-pipeline", summary="Control, health, metrics and live view of a running pipeline",
-        docs_url=None, redoc_url=None, openapi_url=None,  # the Swagger/ReDoc pages load from a CDN: docs/api.md
-    )
+def install_auth(app: FastAPI, token: str | None) -> list[Any]:
+    """Bearer-token checks (or, without a token, loopback Host names only) and readable 422s; returns the route
+    dependencies that require the token. Shared by the pipeline's and the cluster controller's API."""
     expected = token.encode() if token else None
-    page = _page()
 
     def authorized(request: Request) -> None:
         if expected is None:
@@ -55,8 +51,6 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected):
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})
-
-    auth = [Depends(authorized)]
 
     if expected is None:
         @app.middleware("http")
@@ -76,6 +70,18 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
         reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {validation_message(e)}" for e in errors]
         return JSONResponse({"detail": "; ".join(reasons), "errors": errors},
                             status_code=422)
+
+    return [Depends(authorized)]
+
+
+def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
+    """The app serving `pipeline`; `token` (if given) is required as a bearer token."""
+    app = FastAPI(
+        title="rpn-pipeline", summary="Control, health, metrics and live view of a running pipeline",
+        docs_url=None, redoc_url=None, openapi_url=None,  # the Swagger/ReDoc pages load from a CDN: docs/api.md
+    )
+    page = _page()
+    auth = install_auth(app, token)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
@@ -247,7 +253,9 @@ class ServerError(RuntimeError):
 class ApiServer:
     """uvicorn in a daemon thread, on a socket bound up front so that errors surface at once and port 0 works."""
 
-    def __init__(self, pipeline: Pipeline, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> None:
+    def __init__(self, pipeline: Pipeline | None, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
+                 app: FastAPI | None = None) -> None:
+        """Serves `create_app(pipeline, token)`, or `app` when given (the cluster controller's)."""
         self.host = host
         try:
             self._socket = _bind(host, port)
@@ -255,7 +263,7 @@ class ApiServer:
             raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         self.port: int = self._socket.getsockname()[1]
         config = uvicorn.Config(
-            create_app(pipeline, token), log_config=None, log_level="warning", access_log=False, lifespan="off",
+            app if app is not None else create_app(pipeline, token), log_config=None, log_level="warning", access_log=False, lifespan="off",
             timeout_graceful_shutdown=2, server_header=False,
         )
         self._server = uvicorn.Server(config)

@@ -18,8 +18,8 @@ import redis
 
 from engines import ARCHS, BACKENDS, EngineError, create_detector
 from pipeline.cli.model_commands import HEAVY_COMMANDS, classes_arg, register
-from pipeline.events.bus import Bus, connect, default_embedded_db
-from pipeline.config import API_TOKEN_ENV, ConfigError, PipelineConfig, load_config, parse_source_arg
+from pipeline.events.bus import Bus, connect, default_embedded_db, last_published_frame
+from pipeline.config import API_TOKEN_ENV, CameraConfig, ConfigError, PipelineConfig, load_config, parse_source_arg
 from pipeline.events.contract import detections_key
 from pipeline.sources.urls import redact_url
 
@@ -75,6 +75,13 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--max-batch", type=int, help="most frames per engine batch (default 4)")
     run.add_argument("--max-delay-ms", type=float, help="longest wait for a batch to fill (default 20)")
     run.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the run summary as JSON")
+    run.add_argument("--resume", action="store_true",
+                     help="files continue after the last frame their Redis stream already holds (a run that was "
+                     "stopped or crashed): each stream ends with every frame once, in order")
+    run.add_argument("--cluster", metavar="ADDRESS",
+                     help="cluster mode on Ray (needs the `cluster` extra; docs/cluster.md): place the cameras on the "
+                     "worker nodes of the Ray cluster at ADDRESS (auto, ray://HOST:10001, HOST:PORT), or local:N "
+                     "to start N worker nodes on this machine")
     _add_server_args(run)
     run.set_defaults(handler=cmd_run)
 
@@ -258,9 +265,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"error: --save-annotated {args.save_annotated}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_USAGE
+    if args.cluster:
+        from pipeline.cluster.address import parse_address
+
+        parse_address(args.cluster)  # a typo fails before anything starts
     bus = _connect_for_run(config)  # before the detector: a wrong password or certificate fails at once
     if bus is None:
         return EXIT_USAGE
+    if args.cluster:
+        try:
+            return _run_cluster(args, config, bus)
+        finally:
+            bus.close()
+    resume_after = _resume_points(config, bus) if args.resume else {}
     from pipeline.cli.progress import file_progress, wants_progress
     from pipeline.runner import Pipeline  # imports torch: only the run command needs it
     from pipeline.api.server import ApiServer, ServerError
@@ -272,7 +289,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         detector = create_detector(e.backend, e.arch, e.weights, e.score_threshold, e.threads, e.device,
                                    e.frame_size, max_batch=config.batching.max_batch)
         pipeline = Pipeline(config, detector, bus.client, until_sources_end=not args.keep_running,
-                            annotated_dir=args.save_annotated, redis_where=bus.display_url)
+                            annotated_dir=args.save_annotated, redis_where=bus.display_url, resume_after=resume_after)
         if config.server.enabled:
             token = config.server.token.get_secret_value() if config.server.token else None
             try:
@@ -310,6 +327,83 @@ def cmd_run(args: argparse.Namespace) -> int:
             detector.close()
         bus.close()
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _resume_points(config: PipelineConfig, bus: Bus) -> dict[str, int]:
+    """`--resume`: per file camera, the last frame its stream holds; printed so the user sees where each resumes."""
+    from pipeline.runner import source_spec
+
+    points: dict[str, int] = {}
+    for camera in config.cameras:
+        if not source_spec(camera, config).is_file:
+            continue
+        try:
+            last = last_published_frame(bus.client, config.redis.prefix, camera.name)
+        except redis.RedisError as exc:
+            raise ConfigError(f"--resume: cannot read the stream of {camera.name!r} from {bus.display_url}: {exc}")
+        if last is not None:
+            points[camera.name] = last
+            print(f"Resuming {camera.name} after frame {last}", file=sys.stderr)
+    return points
+
+
+def _run_cluster(args: argparse.Namespace, config: PipelineConfig, bus: Bus) -> int:
+    """`run --cluster ADDRESS`: the controller places the cameras on the cluster's workers; files end the run."""
+    try:
+        from pipeline.cluster.address import parse_address
+        from pipeline.cluster.session import ClusterSession
+    except ImportError as exc:
+        print(f"error: --cluster needs Ray: pip install -e '.[cluster]' ({exc})", file=sys.stderr)
+        return EXIT_USAGE
+    local = parse_address(args.cluster)
+    if args.save_annotated is not None:
+        raise ConfigError("--save-annotated is not supported with --cluster (each worker would write its own files)")
+    if bus.embedded and local is None:
+        raise ConfigError("--cluster with a remote Ray cluster needs --redis-url (or redis.url): every node "
+                          "publishes to the same Redis, which an embedded server on this machine is not")
+    if not config.redis.url:
+        config = config.model_copy(update={"redis": config.redis.model_copy(update={"url": bus.display_url})})
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    session = ClusterSession.start(args.cluster, config)
+    try:
+        api = session.api_url()
+        if api:
+            print(f"Cluster HTTP API on {api} (GET /api/cluster, /api/cameras, /metrics)", file=sys.stderr)
+        print(f"Publishing to Redis at {bus.display_url} from the cluster's workers", file=sys.stderr)
+        files_only = all(_is_file(c, config) for c in config.cameras) and not args.keep_running
+        while not stop.is_set():
+            if files_only and session.wait_files_done(timeout=0.5, poll_s=0.25):
+                break
+            stop.wait(0.5)
+        import ray
+
+        cameras = ray.get(session.controller.cameras.remote(), timeout=30)
+        cluster = ray.get(session.controller.cluster.remote(), timeout=30)
+    finally:
+        session.shutdown()
+    print(f"\nCluster run finished: {len(cluster['workers'])} worker(s), {cluster['failovers']} failover(s), "
+          f"{len(cluster['unplaced'])} camera(s) unplaced.")
+    print(f"  {'camera':<20} {'worker':<24} {'state':<10} {'decoded':>8} {'published':>10} {'dropped':>8}")
+    failed = False
+    for c in cameras:
+        print(f"  {c['name']:<20} {c['worker'] or '-':<24} {c['state'] or c['placement']:<10} {c['decoded'] or 0:>8} "
+              f"{c['published'] or 0:>10} {c['dropped'] or 0:>8}")
+        failed |= c["state"] == "failed" or (files_only and c["placement"] != "done")
+    if args.summary_json:
+        args.summary_json.write_text(json.dumps({"cameras": cameras, "cluster": cluster}, indent=2, default=str))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _is_file(camera: CameraConfig, config: PipelineConfig) -> bool:
+    from pipeline.runner import source_spec
+
+    return source_spec(camera, config).is_file and not camera.realtime
 
 
 def _connect_for_run(config: PipelineConfig) -> Bus | None:

@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from engines import state_dir
 
+from pipeline.events.contract import detections_key
 from pipeline.sources.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -93,3 +94,14 @@ def describe(client: redis.Redis) -> str:
         return f"unix://{kw.get('path', '?')}"
     scheme = "rediss" if issubclass(pool.connection_class, SSLConnection) else "redis"
     return f"{scheme}://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+def last_published_frame(client: redis.Redis, prefix: str, camera: str) -> int | None:
+    """The frame index of the newest entry of a camera's detections stream (None: empty): where a resumed file
+    continues (`run --resume`, and a file taken over by another cluster worker)."""
+    entries = client.xrevrange(detections_key(prefix, camera), count=1)
+    if not entries:
+        return None
+    fields = entries[0][1]
+    value = fields.get(b"frame", fields.get("frame"))
+    return int(value) if value is not None else None

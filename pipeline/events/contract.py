@@ -42,6 +42,33 @@ def camera_state_event(camera: str, state: str, previous: str, reason: str | Non
     }
 
 
+def owner_key(prefix: str, camera: str) -> str:
+    """Cluster mode: the fencing epoch of the camera's current placement; writes carrying another epoch are refused."""
+    return f"{prefix}:owner:{camera}"
+
+
+def camera_assigned_event(camera: str, worker: str, node: str, reason: str, epoch: int, ts: float) -> dict[str, str]:
+    """Cluster mode: the controller placed a camera on a worker (first placement, or once a worker had room)."""
+    return {
+        "v": str(SCHEMA_VERSION), "type": "camera_assigned", "camera": camera, "worker": worker, "node": node,
+        "reason": reason, "epoch": str(epoch), "ts": f"{ts:.6f}",
+    }
+
+
+def camera_moved_event(camera: str, worker: str, node: str, reason: str, epoch: int, from_worker: str,
+                       from_node: str, ts: float) -> dict[str, str]:
+    """Cluster mode: a camera was taken from a lost worker and placed on another."""
+    return {
+        "v": str(SCHEMA_VERSION), "type": "camera_moved", "camera": camera, "worker": worker, "node": node,
+        "reason": reason, "epoch": str(epoch), "from_worker": from_worker, "from_node": from_node, "ts": f"{ts:.6f}",
+    }
+
+
+def camera_unplaced_event(camera: str, reason: str, ts: float) -> dict[str, str]:
+    """Cluster mode: no live worker has room for the camera; it is placed once one has."""
+    return {"v": str(SCHEMA_VERSION), "type": "camera_unplaced", "camera": camera, "reason": reason, "ts": f"{ts:.6f}"}
+
+
 class TrackStart(Protocol):
     """What a `track_started` event says of a track (pipeline.tracker.TrackStart has these fields)."""
 
@@ -187,7 +214,7 @@ def _json(value: str) -> Any:
 
 # How each stored string decodes; fields not listed (added in a later release) stay strings.
 FIELD_TYPES: dict[str, Callable[[str], Any]] = {
-    "v": int, "frame": int, "width": int, "height": int, "track_id": int, "frames": int,
+    "v": int, "frame": int, "width": int, "height": int, "track_id": int, "frames": int, "epoch": int,
     "pts": float, "capture_ts": float, "publish_ts": float, "latency_ms": float, "ts": float, "score": float,
     "best_score": float, "duration_s": float,
     "objects": _json, "box": _json, "last_box": _json,

@@ -15,6 +15,14 @@ of its XADDs may have been applied; the chunk is re-sent with the same ids, Redi
 there. Entries whose fate is unknown in this way are never dropped by the bound: they stay until Redis answers.
 If a stream's top id is ahead of ours (another writer, or the clock was set back), the waiting entries of that
 stream are renumbered after it.
+
+Shared streams (`shared_keys`, e.g. `<prefix>:events`, written by every worker of a cluster) get Redis-assigned ids
+(`*`) instead, so concurrent writers never conflict; exactly-once on re-send is kept by a per-writer sequence number
+that a Lua script checks and records atomically with the XADD (`<seq_prefix><writer>`, expiring after a day).
+
+Fencing (cluster mode): `fence(key, fields)` may name an owner key and the token this writer holds for an entry; the
+same script appends it only while Redis still holds that token there, else the entry is refused ("FENCED") and
+counted as dropped under `FENCED_REASON`: a worker whose placement was revoked never writes again.
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +44,27 @@ log = logging.getLogger(__name__)
 _TRANSIENT = ("OOM", "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "NOREPLICAS", "CLUSTERDOWN", "NOAUTH")
 _ID_TOO_SMALL = "equal or smaller than the target stream top item"
 _CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+FENCED_REASON = "fenced: placement revoked"
+_FENCED = "FENCED"
+# KEYS: stream, owner key (or ""), writer sequence key (or ""). ARGV: token (or ""), id, maxlen (or ""), writer
+# sequence number (or ""), then field, value, ... The checks and the XADD are one atomic step.
+APPEND_SCRIPT = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('FENCED ' .. KEYS[1] .. ': ' .. KEYS[2] .. ' no longer holds ' .. ARGV[1])
+end
+if ARGV[4] ~= '' and tonumber(redis.call('GET', KEYS[3]) or '-1') >= tonumber(ARGV[4]) then
+  return 'DUP'
+end
+local r
+if ARGV[3] ~= '' then
+  r = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], ARGV[2], unpack(ARGV, 5))
+else
+  r = redis.pcall('XADD', KEYS[1], ARGV[2], unpack(ARGV, 5))
+end
+if type(r) == 'table' and r.err then return r end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'EX', 86400) end
+return r
+"""
 
 
 @dataclass(frozen=True)
@@ -61,6 +91,8 @@ class Entry:
     size: int  # bytes of key, field names and values (UTF-8)
     tag: object = None  # the producer's, handed back in on_delivered / on_dropped
     capture_ts: float | None = None  # frames: `publish_ts` and `latency_ms` are stamped when sent
+    fence: tuple[str, str] | None = None  # (owner key, token): written only while Redis holds the token there
+    seq: int | None = None  # shared streams: this writer's sequence number (the id is `*`)
 
 
 @dataclass
@@ -103,9 +135,19 @@ class Outbox:
         mirror: Callable[[Entry], str] | None = None,
         health_check_s: float = 2.0,
         owns_client: bool = False,
+        shared_keys: Sequence[str] = (),
+        seq_prefix: str = "rpn:writer:",
+        fence: Callable[[str, dict[str, str]], tuple[str, str] | None] | None = None,
     ) -> None:
-        """`owns_client`: disconnect `client` at close (a client made for this outbox)."""
+        """`owns_client`: disconnect `client` at close (a client made for this outbox). `shared_keys`: streams other
+        writers append to as well; `fence`: see the module docstring."""
         self.client = client
+        self.shared_keys = frozenset(shared_keys)
+        self.writer_id = uuid.uuid4().hex[:16]
+        self._seq_key = f"{seq_prefix}{self.writer_id}"
+        self._seq = 0
+        self.fence = fence
+        self._script = client.register_script(APPEND_SCRIPT)
         self.owns_client = owns_client
         self.maxlen = maxlen
         self.max_entries = max_entries
@@ -156,7 +198,8 @@ class Outbox:
                 self._thread.start()
 
     def put(self, key: str, fields: dict[str, str], tag: object = None, capture_ts: float | None = None) -> str | None:
-        """Queue an entry; returns its stream id, or None when the outbox is closed (the entry counts as dropped)."""
+        """Queue an entry; returns its stream id (`*` on a shared stream: Redis assigns it), or None when the outbox
+        is closed (the entry counts as dropped)."""
         size = entry_size(key, fields)
         with self._cond:
             if self._closing:
@@ -164,7 +207,12 @@ class Outbox:
                 dropped, reason = [entry], "publisher closed"
                 self._count_dropped(dropped, reason)
             else:
-                entry = Entry(key, fields, self._next_id(key), size, tag, capture_ts)
+                fence = self.fence(key, fields) if self.fence is not None else None
+                if key in self.shared_keys:
+                    entry = Entry(key, fields, "*", size, tag, capture_ts, fence, self._seq)
+                    self._seq += 1
+                else:
+                    entry = Entry(key, fields, self._next_id(key), size, tag, capture_ts, fence)
                 self._queue.append(entry)
                 self._bytes += size
                 dropped, reason = self._enforce_bound(), "redis buffer full"
@@ -351,7 +399,15 @@ class Outbox:
             if entry.capture_ts is not None:
                 entry.fields["publish_ts"] = f"{now:.6f}"
                 entry.fields["latency_ms"] = f"{max(0.0, now - entry.capture_ts) * 1000:.1f}"
-            pipe.xadd(entry.key, entry.fields, id=entry.id, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+            if entry.fence is None and entry.seq is None:
+                pipe.xadd(entry.key, entry.fields, id=entry.id, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+            else:
+                owner, token = entry.fence or ("", "")
+                seq = "" if entry.seq is None else str(entry.seq)
+                args = [token, entry.id, "" if self.maxlen is None else str(self.maxlen), seq]
+                for name, value in entry.fields.items():
+                    args += (name, value)
+                self._script(keys=[entry.key, owner, self._seq_key if seq else ""], args=args, client=pipe)
             if self.mirror is not None:
                 pipe.publish(entry.key, self.mirror(entry))
         results = pipe.execute(raise_on_error=False)
@@ -366,7 +422,11 @@ class Outbox:
         stale_keys: set[str] = set()
         for i, (entry, result) in enumerate(zip(chunk, results)):
             if not isinstance(result, BaseException):
+                if result in ("DUP", b"DUP"):
+                    self.confirmed_on_resend += 1  # an earlier attempt of this shared-stream entry wrote it
                 delivered.append(entry)
+            elif isinstance(result, redis.ResponseError) and str(result).startswith(_FENCED):
+                rejected.setdefault(FENCED_REASON, []).append(entry)
             elif isinstance(result, redis.ResponseError) and _ID_TOO_SMALL in str(result):
                 if self._already_written(entry):
                     delivered.append(entry)  # an earlier attempt wrote it: exactly once
@@ -391,8 +451,8 @@ class Outbox:
             done = delivered + [e for entries in rejected.values() for e in entries]
             self._bytes -= sum(e.size for e in done)
             self._delivered += len(delivered)
-            for entries in rejected.values():
-                self._count_dropped(entries, "rejected by Redis")
+            for message, entries in rejected.items():
+                self._count_dropped(entries, _reject_reason(message))
                 self._errors += 1
             if transient is None:
                 self._connected = True
@@ -404,17 +464,21 @@ class Outbox:
             # and wait_idle() returns only once the counts are final.
             if delivered and self.on_delivered is not None:
                 self.on_delivered(delivered)
-            for entries in rejected.values():
+            for message, entries in rejected.items():
                 if self.on_dropped is not None:
-                    self.on_dropped(entries, "rejected by Redis")
+                    self.on_dropped(entries, _reject_reason(message))
             self._cond.notify_all()
         now = time.monotonic()
         for message, entries in rejected.items():
             self._rejected_count[message] = self._rejected_count.get(message, 0) + len(entries)
             if now - self._rejected_logged.get(message, -1e9) >= 10:  # a misconfigured ACL: not a line per chunk
                 self._rejected_logged[message] = now
-                log.error("Redis at %s rejected %d entries so far (dropped them): %s", self.where,
-                          self._rejected_count[message], message)
+                if message == FENCED_REASON:  # cluster mode: another worker owns the camera now
+                    log.warning("Redis at %s: %d entries refused so far (%s)", self.where,
+                                self._rejected_count[message], message)
+                else:
+                    log.error("Redis at %s rejected %d entries so far (dropped them): %s", self.where,
+                              self._rejected_count[message], message)
         if transient is not None:
             self._went_down(transient)
             return False
@@ -507,6 +571,10 @@ class Outbox:
             self._wake.clear()
             return self.retry_initial_s
         return min(backoff * 2, self.retry_max_s)
+
+
+def _reject_reason(message: str) -> str:
+    return FENCED_REASON if message == FENCED_REASON else "rejected by Redis"
 
 
 def _describe(exc: BaseException) -> str:

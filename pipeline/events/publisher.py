@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -36,10 +36,12 @@ class _FrameTag:
 
 
 def make_outbox(client: redis.Redis, config: RedisConfig, ctx: RunContext | None = None,
-                where: str | None = None) -> Outbox:
+                where: str | None = None,
+                fence: Callable[[str, dict[str, str]], tuple[str, str] | None] | None = None) -> Outbox:
     """The outbox of one run, writing through a dedicated client (own pool, timeouts, no hidden retries).
 
-    With `ctx`, delivered frames count as published and dropped frames as dropped, per camera.
+    With `ctx`, delivered frames count as published and dropped frames as dropped, per camera. `<prefix>:events` is
+    a shared stream (several pipelines or cluster workers may write it); `fence` fences entries (cluster mode).
     """
 
     def delivered(entries: list[Entry]) -> None:
@@ -82,6 +84,9 @@ def make_outbox(client: redis.Redis, config: RedisConfig, ctx: RunContext | None
         on_dropped=dropped,
         mirror=(lambda entry: json_payload(entry, parse_entry)) if config.pubsub else None,
         owns_client=writer is not client,
+        shared_keys=[events_key(config.prefix)],
+        seq_prefix=f"{config.prefix}:writer:",
+        fence=fence,
     )
 
 

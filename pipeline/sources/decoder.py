@@ -78,6 +78,7 @@ class SourceSpec:
     max_fps: float | None = None  # detect at most this many frames per second of this source
     backoff: Backoff = field(default_factory=Backoff)
     format: str | None = None  # FFmpeg input format; None: guessed from the URL (guess_format), else probed
+    start_after: int | None = None  # files: frames up to this index were published before (resume); skip them
 
     @property
     def input_format(self) -> str | None:
@@ -321,8 +322,12 @@ class VideoSource(threading.Thread):
         try:
             for packet in container.demux(stream):
                 for av_frame in packet.decode():
-                    image = _to_rgb(av_frame, pixel_aspect)
                     pts = self.clock(float(av_frame.time) if av_frame.time is not None else None, time.monotonic())
+                    if self.spec.start_after is not None and self.index <= self.spec.start_after and self.spec.is_file:
+                        self.index += 1  # published by an earlier run: decoded only to reach the next frame
+                        decoded_here += 1
+                        continue
+                    image = _to_rgb(av_frame, pixel_aspect)
                     if self.spec.realtime:  # a file standing in for a camera: release frames at their pts
                         pace_start = pace_start if pace_start is not None else time.monotonic() - pts
                         wait = pace_start + pts - time.monotonic()
