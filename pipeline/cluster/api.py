@@ -60,6 +60,11 @@ class ClusterCollector(Collector):
         yield GaugeMetricFamily("rpn_cluster_unplaced_cameras", "Cameras no worker has room for",
                                 value=len(cluster["unplaced"]))
         yield CounterMetricFamily("rpn_cluster_failovers", "Cameras moved off lost workers", value=cluster["failovers"])
+        moves = CounterMetricFamily("rpn_cluster_camera_moves", "Cameras moved to another worker, by reason",
+                                    labels=["reason"])
+        for reason, count in sorted(cluster.get("moves_by_reason", {}).items()):
+            moves.add_metric([reason], count)
+        yield moves
         yield CounterMetricFamily("rpn_cluster_workers_lost", "Workers lost (node or actor died)",
                                   value=cluster["workers_lost"])
 

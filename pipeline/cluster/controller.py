@@ -59,6 +59,7 @@ class _Worker:
 @dataclass
 class _Counters:
     failovers: int = 0  # cameras moved off lost workers
+    moves_by_reason: dict[str, int] = field(default_factory=dict)  # node_died / worker_died -> cameras moved
     workers_lost: int = 0
     placements: int = 0
     unplaced_events: int = 0
@@ -156,7 +157,8 @@ class ClusterController:
             done = self.state.done()
             return {"workers": workers, "cameras": len(desired), "placed": len(placements), "done": len(done),
                     "unplaced": sorted(set(desired) - set(placements) - set(done)),
-                    "failovers": self.counters.failovers, "workers_lost": self.counters.workers_lost,
+                    "failovers": self.counters.failovers, "moves_by_reason": dict(self.counters.moves_by_reason),
+                    "workers_lost": self.counters.workers_lost,
                     "placements": self.counters.placements, "controller_started_at": self.started_at}
 
     def worker_metrics(self, name: str) -> bytes | None:
@@ -286,6 +288,7 @@ class ClusterController:
             new = self.state.assign(name, slot.name, slot.node, resume=resume)
             load[slot.name] = load.get(slot.name, 0) + 1
             self.counters.failovers += 1
+            self.counters.moves_by_reason[reason] = self.counters.moves_by_reason.get(reason, 0) + 1
             self.counters.placements += 1
             self.counters.moved[name] = now
             self._event(camera_moved_event(name, slot.name, slot.node, reason, new.epoch, old.worker, old.node, now))
