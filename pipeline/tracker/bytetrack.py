@@ -44,6 +44,9 @@ __all__ = ["ByteTracker", "TrackEnd", "TrackStart", "iou_matrix"]
 
 _TENTATIVE, _TRACKED, _LOST = 0, 1, 2
 _FORBIDDEN = 1e6  # cost of a pair of different labels
+_BINS = 40  # score histogram bins over [0, 1]
+_DECAY = 0.995  # per update: the histograms remember about the last 200 frames
+_MIN_ON = 20.0  # detections on established tracks needed before the thresholds adapt
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,8 @@ class ByteTracker:
         std_pos_process: float = 0.27,
         std_vel_process: float = 1.0,
         std_vel_init: float = 2.0,
+        adaptive: bool = True,
+        gate_sigma: float = 0.0,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
@@ -195,6 +200,14 @@ class ByteTracker:
         self.std_pos_process = float(std_pos_process)
         self.std_vel_process = float(std_vel_process)
         self.std_vel_init = float(std_vel_init)
+        self.adaptive = bool(adaptive)
+        self.gate_sigma = float(gate_sigma)
+        # Running score histograms (exponentially forgotten): scores of detections on established tracks (true
+        # objects, mostly) and of detections left on no track (false positives, mostly). The adaptive thresholds
+        # split them where the fewest detections fall on the wrong side.
+        self._on_hist = np.zeros(_BINS)
+        self._off_hist = np.zeros(_BINS)
+        self._all_hist = np.zeros(_BINS)  # every score >= low_thresh: the bootstrap before tracks are established
 
         #: Tracks confirmed by the last `update`.
         self.started: list[TrackStart] = []
@@ -256,10 +269,20 @@ class ByteTracker:
         det_track = np.full(n, -1, np.intp)  # track row of each detection
         matched = np.zeros(len(self._id), bool)
         iou = iou_matrix(self._predicted_boxes(), boxes)
+        lost = np.flatnonzero(self._state == _LOST)
+        if len(lost) and n:
+            # a lost track may reappear where it was last seen (stopped behind an occluder) or where its motion
+            # predicts: the better overlap counts
+            iou[lost] = np.maximum(iou[lost], iou_matrix(self._last_box[lost], boxes))
         if self.class_aware and iou.size:
             iou[self._label[:, None] != labels[None, :]] = -_FORBIDDEN
-        high = np.flatnonzero(scores >= self.high_thresh)
-        low = np.flatnonzero((scores >= self.low_thresh) & (scores < self.high_thresh))
+        valid = scores >= self.low_thresh
+        if self.adaptive:
+            self._all_hist *= _DECAY
+            np.add.at(self._all_hist, _bin(scores[valid]), 1.0)
+        high_t, new_t, confirm_t = self.thresholds()
+        high = np.flatnonzero(scores >= high_t)
+        low = np.flatnonzero(valid & (scores < high_t))
 
         # 1. high-score detections vs confirmed tracks (tracked and lost)
         rows = np.flatnonzero(self._state != _TENTATIVE)
@@ -273,6 +296,7 @@ class ByteTracker:
         r, c = _assign(1.0 - iou[rows[:, None], low], self.low_match_thresh)
         det_track[low[c]] = rows[r]
         matched[rows[r]] = True
+        on_confirmed = det_track >= 0
 
         # 3. left-over high-score detections vs tentative tracks (boxes widened by their uncertainty)
         rows = np.flatnonzero(self._state == _TENTATIVE)
@@ -280,12 +304,17 @@ class ByteTracker:
         det_track[high[c]] = rows[r]
         matched[rows[r]] = True
         new = high[_others(len(high), c)]
-        new = new[scores[new] >= self.new_track_thresh]
+        new = new[scores[new] >= new_t]
         if 0.0 < self.duplicate_ioa < 1.0 and len(new) and (det_track >= 0).any():
             taken = np.flatnonzero(det_track >= 0)
             dup = (_ioa_matrix(boxes[new], boxes[taken]) > self.duplicate_ioa) & (
                 labels[new][:, None] == labels[taken][None, :])
             new = new[~dup.any(axis=1)]
+        if self.adaptive:
+            self._on_hist *= _DECAY
+            self._off_hist *= _DECAY
+            np.add.at(self._on_hist, _bin(scores[on_confirmed]), 1.0)
+            np.add.at(self._off_hist, _bin(scores[valid & ~on_confirmed]), 1.0)
 
         # Kalman update and bookkeeping of matched tracks
         hit = np.flatnonzero(det_track >= 0)
@@ -307,7 +336,8 @@ class ByteTracker:
             self._spawn(boxes[new], scores[new], labels[new], now)
 
         # 5. confirmation (at once on a stream's first update), then removal of dead tracks
-        for row in np.flatnonzero((self._state == _TENTATIVE) & ((self._hits >= self.n_init) | first_update)):
+        confirm = (self._hits >= self.n_init) | first_update | (self._first_score >= confirm_t)
+        for row in np.flatnonzero((self._state == _TENTATIVE) & confirm):
             self._state[row] = _TRACKED
             self._id[row] = self._next_id
             self._next_id += 1
@@ -333,6 +363,32 @@ class ByteTracker:
         self.ended = self._end(np.flatnonzero(self._state != _TENTATIVE))
         self._keep(np.zeros(len(self._id), bool))
         return self.ended
+
+    def thresholds(self) -> tuple[float, float, float]:
+        """(high, new-track, instant-confirmation) score thresholds the next update uses.
+
+        Fixed (``high_thresh``, ``new_track_thresh``, never) unless ``adaptive``. Adaptive: the high threshold is
+        where the scores of detections on confirmed tracks and of those left on none overlap least (fewest on the
+        wrong side; the middle of the best range); before ``_MIN_ON`` detections have been on tracks it is the
+        median score seen, if lower than ``high_thresh``. ``new_track_thresh`` keeps its offset from
+        ``high_thresh``. A new track is confirmed at its first detection when that scores at least the median of
+        on-track scores and above nearly all (95 %) off-track ones.
+        """
+        offset = self.new_track_thresh - self.high_thresh
+        if not self.adaptive:
+            return self.high_thresh, self.new_track_thresh, np.inf
+        lo, hi = self.low_thresh + 0.05, 0.95
+        on, off = self._on_hist, self._off_hist
+        if on.sum() < _MIN_ON:
+            high = min(self.high_thresh, _quantile(self._all_hist, 0.5))
+            high = float(np.clip(high, lo, max(lo, self.high_thresh)))
+            return high, high + offset, np.inf
+        # errors when splitting at edge k/_BINS: on-track scores below it + off-track scores at or above it
+        err = np.concatenate([[0.0], np.cumsum(on)]) + np.concatenate([np.cumsum(off[::-1])[::-1], [0.0]])
+        best = np.flatnonzero(err <= err.min() + 1e-9)
+        high = float(np.clip(0.5 * (best[0] + best[-1]) / _BINS, lo, hi))
+        confirm = max(high, _quantile(on, 0.5), _quantile(off, 0.95) if off.sum() > 0 else 0.0)
+        return high, high + offset, confirm
 
     # ------------------------------------------------------------------ internals
 
@@ -362,11 +418,12 @@ class ByteTracker:
         return np.maximum(s[:, [2, 3, 2, 3]], 1.0)
 
     def _predicted_boxes(self) -> np.ndarray:
-        """Predicted boxes for matching; tentative tracks widened by ``tentative_buffer`` position stds."""
+        """Predicted boxes for matching, widened by their position uncertainty: ``gate_sigma`` standard deviations
+        (``tentative_buffer`` for tentative tracks). The uncertainty grows with the box size and with the time since
+        the last detection, so the gate does too: a fast object after dropped frames still overlaps its track."""
         state = self._mean[:, :, 0].copy()
-        if self.tentative_buffer > 0:
-            tentative = self._state == _TENTATIVE
-            state[tentative, 2:] += 2.0 * self.tentative_buffer * np.sqrt(self._cov[tentative, :2, 0])
+        k = np.where(self._state == _TENTATIVE, self.tentative_buffer, self.gate_sigma)
+        state[:, 2:] += 2.0 * k[:, None] * np.sqrt(self._cov[:, :2, 0])
         return _cxcywh_to_xyxy(state)
 
     def _correct(self, rows: np.ndarray, boxes: np.ndarray) -> None:
@@ -418,6 +475,18 @@ class ByteTracker:
             )
             for i in rows
         ]
+
+
+def _bin(scores: np.ndarray) -> np.ndarray:
+    return np.clip((scores * _BINS).astype(np.intp), 0, _BINS - 1)
+
+
+def _quantile(hist: np.ndarray, q: float) -> float:
+    """The q-quantile of a score histogram (bin upper edge)."""
+    c = np.cumsum(hist)
+    if c[-1] <= 0:
+        return 0.0
+    return float((np.searchsorted(c, q * c[-1]) + 1) / _BINS)
 
 
 def _box_tuple(b: np.ndarray) -> tuple[float, float, float, float]:
