@@ -40,12 +40,16 @@ DEFAULT_SEEDS = "1000-1002"
 DEFAULT_CROWD_SEEDS = "1003-1004"
 DEFAULT_CROWD_OBJECTS = 24
 DEFAULT_TRACKERS = ("ours", "bytetrack", "bytetrack-tuned", "ocsort", "ocsort-tuned")
-#: Baselines with settings tuned on training scenes (seeds 0-8, crowded 3-5; same search effort as for ours: one
-#: parameter at a time around the package defaults, then a few combinations); ``bytetrack``/``ocsort`` = defaults.
+#: Peers at their best setting on the ``tune`` regimes of the regime matrix (lab/track_regimes.py), found by
+#: ``eval-tracking --tune-peers`` over :data:`PEER_GRID` (best mean of MOTA and IDF1; a first, coarser grid with
+#: minimum_consecutive_frames 1-3 and thresholds 0.4-0.7 had chosen its lowest corner). ``bytetrack``, ``ocsort``
+#: and ``botsort`` are the package defaults.
 TUNED_PARAMS: dict[str, dict[str, Any]] = {
-    "bytetrack-tuned": {"minimum_iou_threshold": 0.05, "track_activation_threshold": 0.8,
-                        "high_conf_det_threshold": 0.7},
-    "ocsort-tuned": {"minimum_iou_threshold": 0.05, "minimum_consecutive_frames": 2},
+    "bytetrack-tuned": {"track_activation_threshold": 0.5, "high_conf_det_threshold": 0.2,
+                        "minimum_consecutive_frames": 1},
+    "ocsort-tuned": {"high_conf_det_threshold": 0.4, "minimum_iou_threshold": 0.1, "minimum_consecutive_frames": 1},
+    "botsort-tuned": {"track_activation_threshold": 0.5, "high_conf_det_threshold": 0.2,
+                      "minimum_consecutive_frames": 1},
 }
 MATCH_IOU = 0.5
 
@@ -410,13 +414,14 @@ REGIME_TRACKERS = ("ours", "bytetrack", "bytetrack-tuned", "ocsort", "ocsort-tun
 #: The peers' grid: each peer at its defaults plus these settings, scored on the ``tune`` regimes only
 #: (``eval-tracking --tune-peers``); the best mean of MOTA and IDF1 becomes its ``-tuned`` entry in TUNED_PARAMS.
 PEER_GRID: dict[str, list[dict[str, Any]]] = {
-    "bytetrack": [{"track_activation_threshold": a, "high_conf_det_threshold": h, "minimum_iou_threshold": m,
-                   "minimum_consecutive_frames": n}
-                  for a in (0.5, 0.7) for h in (0.4, 0.6) for m in (0.1,) for n in (1, 2)],
-    "ocsort": [{"high_conf_det_threshold": h, "minimum_iou_threshold": m, "minimum_consecutive_frames": n}
-               for h in (0.4, 0.6) for m in (0.1, 0.3) for n in (1, 3)],
-    "botsort": [{"track_activation_threshold": a, "high_conf_det_threshold": h, "minimum_consecutive_frames": n}
-                for a in (0.5, 0.7) for h in (0.4, 0.6) for n in (1, 2)],
+    # minimum_consecutive_frames=1 won for every peer in a first grid (1-3); the thresholds go down to 0.2 so the
+    # best setting is not on the grid's edge
+    "bytetrack": [{"track_activation_threshold": a, "high_conf_det_threshold": h, "minimum_consecutive_frames": 1}
+                  for a in (0.3, 0.5, 0.7) for h in (0.2, 0.4, 0.6)],
+    "ocsort": [{"high_conf_det_threshold": h, "minimum_iou_threshold": m, "minimum_consecutive_frames": 1}
+               for h in (0.2, 0.4, 0.6) for m in (0.1, 0.3)],
+    "botsort": [{"track_activation_threshold": a, "high_conf_det_threshold": h, "minimum_consecutive_frames": 1}
+                for a in (0.3, 0.5, 0.7) for h in (0.2, 0.4, 0.6)],
 }
 
 

@@ -242,7 +242,7 @@ class Regime:
     seconds: float = 10.0
     max_objects: int = 8
     speed: float = 1.0
-    note: str = ""
+    draws: int = 1  # simulated detector runs per sequence (the two TUD sequences are short: 3 draws each)
 
 
 _TUNE_SEEDS = (2000, 2001, 2002)
@@ -286,13 +286,13 @@ REGIMES: tuple[Regime, ...] = (
     Regime("fast motion", "held-out", _D, _HELD_SEEDS, speed=2.5),
     Regime("slow motion", "held-out", _D, _HELD_SEEDS, speed=0.3),
     # -- held out: real human motion (TUD), several detectors
-    Regime("TUD real motion", "held-out", _D, tud=True),
+    Regime("TUD real motion", "held-out", _D, tud=True, draws=3),
     Regime("TUD under-confident, jitter 5%", "held-out",
-           replace(_D, score=0.45, score_std=0.12, fp_score=0.2, fp_score_std=0.08, jitter=0.05), tud=True),
+           replace(_D, score=0.45, score_std=0.12, fp_score=0.2, fp_score_std=0.08, jitter=0.05), tud=True, draws=3),
     Regime("TUD over-confident, 12.5 fps", "held-out",
-           replace(_D, score=0.95, score_std=0.03, fp_score=0.8, occlusion_score=0.1, fps=12.5), tud=True),
+           replace(_D, score=0.95, score_std=0.03, fp_score=0.8, occlusion_score=0.1, fps=12.5), tud=True, draws=3),
     Regime("TUD occlusion misses, FPs", "held-out",
-           replace(_D, occlusion_miss=1.6, occlusion_score=0.5, fp_rate=2.0, fp_score=0.5), tud=True),
+           replace(_D, occlusion_miss=1.6, occlusion_score=0.5, fp_rate=2.0, fp_score=0.5), tud=True, draws=3),
 )
 
 
@@ -313,7 +313,8 @@ def regime_clips(regime: Regime, *, seconds: float | None = None, seeds: Sequenc
     from lab.track_eval import Clip
 
     clips = []
-    for i, truth in enumerate(regime_truths(regime, seconds=seconds, seeds=seeds, tud_root=tud_root)):
+    truths = regime_truths(regime, seconds=seconds, seeds=seeds, tud_root=tud_root)
+    for i, truth in enumerate(t for t in truths for _ in range(regime.draws)):
         seed = int.from_bytes(regime.name.encode()[:6].ljust(6, b"\0"), "little") % 100_000 * 100 + i
         kept = regime.detector.kept_frames(truth, seed)
         det_frame, det_boxes, det_scores, det_labels = regime.detector.detect(truth, seed)
@@ -321,7 +322,7 @@ def regime_clips(regime: Regime, *, seconds: float | None = None, seeds: Sequenc
         remap[kept] = np.arange(len(kept))
         d, g = remap[det_frame] >= 0, remap[truth.frame] >= 0
         clips.append(Clip(
-            name=f"{truth.name}", fps=regime.detector.fps or truth.fps, frames=len(kept), crowded=False,
+            name=truth.name if regime.draws == 1 else f"{truth.name}-{i % regime.draws}", fps=regime.detector.fps or truth.fps, frames=len(kept), crowded=False,
             det_frame=remap[det_frame[d]], det_boxes=det_boxes[d].astype(np.float32),
             det_scores=det_scores[d].astype(np.float32), det_labels=det_labels[d],
             gt_frame=remap[truth.frame[g]], gt_ids=truth.ids[g], gt_boxes=truth.boxes[g], gt_labels=truth.labels[g],

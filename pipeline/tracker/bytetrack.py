@@ -163,7 +163,7 @@ class ByteTracker:
         high_thresh: float = 0.7,
         low_thresh: float = 0.1,
         new_track_thresh: float | None = None,
-        match_thresh: float = 0.99,
+        match_thresh: float = 0.9,
         low_match_thresh: float = 0.5,
         n_init: int = 2,
         track_buffer_s: float = 1.5,
@@ -175,7 +175,10 @@ class ByteTracker:
         std_vel_process: float = 1.0,
         std_vel_init: float = 2.0,
         adaptive: bool = True,
-        gate_sigma: float = 0.0,
+        low_lost_s: float = 0.5,
+        confirm_fp_rate: float = 0.02,
+        tentative_keep_s: float = 0.2,
+        tentative_match_thresh: float = 0.99,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
@@ -201,7 +204,10 @@ class ByteTracker:
         self.std_vel_process = float(std_vel_process)
         self.std_vel_init = float(std_vel_init)
         self.adaptive = bool(adaptive)
-        self.gate_sigma = float(gate_sigma)
+        self.low_lost_s = float(low_lost_s)
+        self.confirm_fp_rate = float(confirm_fp_rate)
+        self.tentative_keep_s = float(tentative_keep_s)
+        self.tentative_match_thresh = float(tentative_match_thresh)
         # Running score histograms (exponentially forgotten): scores of detections on established tracks (true
         # objects, mostly) and of detections left on no track (false positives, mostly). The adaptive thresholds
         # split them where the fewest detections fall on the wrong side.
@@ -269,11 +275,6 @@ class ByteTracker:
         det_track = np.full(n, -1, np.intp)  # track row of each detection
         matched = np.zeros(len(self._id), bool)
         iou = iou_matrix(self._predicted_boxes(), boxes)
-        lost = np.flatnonzero(self._state == _LOST)
-        if len(lost) and n:
-            # a lost track may reappear where it was last seen (stopped behind an occluder) or where its motion
-            # predicts: the better overlap counts
-            iou[lost] = np.maximum(iou[lost], iou_matrix(self._last_box[lost], boxes))
         if self.class_aware and iou.size:
             iou[self._label[:, None] != labels[None, :]] = -_FORBIDDEN
         valid = scores >= self.low_thresh
@@ -286,13 +287,16 @@ class ByteTracker:
 
         # 1. high-score detections vs confirmed tracks (tracked and lost)
         rows = np.flatnonzero(self._state != _TENTATIVE)
-        r, c = _assign(1.0 - iou[rows[:, None], high], self.match_thresh)
+        cost = 1.0 - iou[rows[:, None], high]
+        r, c = _assign(cost, self.match_thresh)
         det_track[high[c]] = rows[r]
         matched[rows[r]] = True
         high = high[_others(len(high), c)]
 
-        # 2. low-score detections vs the tracks tracked in the previous update and still unmatched
-        rows = np.flatnonzero((self._state == _TRACKED) & ~matched)
+        # 2. low-score detections vs the unmatched tracks tracked in the previous update or lost for at most
+        # `low_lost_s` (an object going behind an occluder is seen weakly before and after)
+        recent = (self._state == _TRACKED) | ((self._state == _LOST) & (now - self._last_time <= self.low_lost_s))
+        rows = np.flatnonzero(recent & ~matched)
         r, c = _assign(1.0 - iou[rows[:, None], low], self.low_match_thresh)
         det_track[low[c]] = rows[r]
         matched[rows[r]] = True
@@ -300,7 +304,7 @@ class ByteTracker:
 
         # 3. left-over high-score detections vs tentative tracks (boxes widened by their uncertainty)
         rows = np.flatnonzero(self._state == _TENTATIVE)
-        r, c = _assign(1.0 - iou[rows[:, None], high], self.match_thresh)
+        r, c = _assign(1.0 - iou[rows[:, None], high], self.tentative_match_thresh)
         det_track[high[c]] = rows[r]
         matched[rows[r]] = True
         new = high[_others(len(high), c)]
@@ -336,7 +340,8 @@ class ByteTracker:
             self._spawn(boxes[new], scores[new], labels[new], now)
 
         # 5. confirmation (at once on a stream's first update), then removal of dead tracks
-        confirm = (self._hits >= self.n_init) | first_update | (self._first_score >= confirm_t)
+        hits = self._frames if self.tentative_keep_s > 0 else self._hits
+        confirm = ((hits >= self.n_init) & (self._hits > 0)) | first_update | (self._first_score >= confirm_t)
         for row in np.flatnonzero((self._state == _TENTATIVE) & confirm):
             self._state[row] = _TRACKED
             self._id[row] = self._next_id
@@ -345,7 +350,7 @@ class ByteTracker:
                 track_id=int(self._id[row]), label=int(self._label[row]), box=_box_tuple(self._first_box[row]),
                 time=float(self._first_time[row]), confirmed_time=now, score=float(self._first_score[row]),
             ))
-        dead = (self._state == _TENTATIVE) & (self._hits == 0)
+        dead = (self._state == _TENTATIVE) & (self._hits == 0) & (now - self._last_time > self.tentative_keep_s)
         dead |= (self._state == _LOST) & (now - self._last_time > self.track_buffer_s)
 
         ids = np.full(n, -1, np.int64)
@@ -387,7 +392,13 @@ class ByteTracker:
         err = np.concatenate([[0.0], np.cumsum(on)]) + np.concatenate([np.cumsum(off[::-1])[::-1], [0.0]])
         best = np.flatnonzero(err <= err.min() + 1e-9)
         high = float(np.clip(0.5 * (best[0] + best[-1]) / _BINS, lo, hi))
-        confirm = max(high, _quantile(on, 0.5), _quantile(off, 0.95) if off.sum() > 0 else 0.0)
+        # instant confirmation: where off-track detections (false positives, mostly) score this high less than
+        # `confirm_fp_rate` times per frame (the histograms hold about 1 / (1 - _DECAY) frames)
+        if self.confirm_fp_rate <= 0:
+            return high, high + offset, np.inf
+        above = np.concatenate([np.cumsum(off[::-1])[::-1], [0.0]])  # off-track mass at or above each edge
+        edge = int(np.argmax(above <= self.confirm_fp_rate / (1.0 - _DECAY)))
+        confirm = max(high, _quantile(on, 0.5), edge / _BINS)
         return high, high + offset, confirm
 
     # ------------------------------------------------------------------ internals
@@ -418,12 +429,10 @@ class ByteTracker:
         return np.maximum(s[:, [2, 3, 2, 3]], 1.0)
 
     def _predicted_boxes(self) -> np.ndarray:
-        """Predicted boxes for matching, widened by their position uncertainty: ``gate_sigma`` standard deviations
-        (``tentative_buffer`` for tentative tracks). The uncertainty grows with the box size and with the time since
-        the last detection, so the gate does too: a fast object after dropped frames still overlaps its track."""
+        """Predicted boxes for matching; tentative tracks widened by ``tentative_buffer`` position stds."""
         state = self._mean[:, :, 0].copy()
-        k = np.where(self._state == _TENTATIVE, self.tentative_buffer, self.gate_sigma)
-        state[:, 2:] += 2.0 * k[:, None] * np.sqrt(self._cov[:, :2, 0])
+        tentative = self._state == _TENTATIVE
+        state[tentative, 2:] += 2.0 * self.tentative_buffer * np.sqrt(self._cov[tentative, :2, 0])
         return _cxcywh_to_xyxy(state)
 
     def _correct(self, rows: np.ndarray, boxes: np.ndarray) -> None:
