@@ -41,7 +41,8 @@ setup(
         "tensorrt": ["tensorrt>=10,<11"],
         # trustme: throwaway CA and certificates for the TLS tests against a real redis-server.
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "httpx>=0.27", "trustme>=1.1", "import-linter>=2.1"],
-        # `eval-tracking` compares our tracker with the trackers package's ByteTrack and OC-SORT.
+        # `eval-tracking` compares our tracker with the trackers package's ByteTrack, OC-SORT and BoT-SORT and uses its
+        # metrics (CLEAR, Identity, HOTA); `make install`/`make test` install it (tests/test_tracker_regimes.py).
         "eval": ["trackers>=2"],
     },
     entry_points={"console_scripts": ["rpn-pipeline=pipeline.cli:main"]},

@@ -288,7 +288,8 @@ REGIMES: tuple[Regime, ...] = (
     # -- held out: real human motion (TUD), several detectors
     Regime("TUD real motion", "held-out", _D, tud=True, draws=3),
     Regime("TUD under-confident, jitter 5%", "held-out",
-           replace(_D, score=0.45, score_std=0.12, fp_score=0.2, fp_score_std=0.08, jitter=0.05), tud=True, draws=3),
+           replace(_D, score=0.45, score_std=0.12, fp_score=0.2, fp_score_std=0.08, jitter=0.05), tud=True,
+           draws=3),
     Regime("TUD over-confident, 12.5 fps", "held-out",
            replace(_D, score=0.95, score_std=0.03, fp_score=0.8, occlusion_score=0.1, fps=12.5), tud=True, draws=3),
     Regime("TUD occlusion misses, FPs", "held-out",
@@ -322,7 +323,8 @@ def regime_clips(regime: Regime, *, seconds: float | None = None, seeds: Sequenc
         remap[kept] = np.arange(len(kept))
         d, g = remap[det_frame] >= 0, remap[truth.frame] >= 0
         clips.append(Clip(
-            name=truth.name if regime.draws == 1 else f"{truth.name}-{i % regime.draws}", fps=regime.detector.fps or truth.fps, frames=len(kept), crowded=False,
+            name=truth.name if regime.draws == 1 else f"{truth.name}-{i % regime.draws}",
+            fps=regime.detector.fps or truth.fps, frames=len(kept), crowded=False,
             det_frame=remap[det_frame[d]], det_boxes=det_boxes[d].astype(np.float32),
             det_scores=det_scores[d].astype(np.float32), det_labels=det_labels[d],
             gt_frame=remap[truth.frame[g]], gt_ids=truth.ids[g], gt_boxes=truth.boxes[g], gt_labels=truth.labels[g],

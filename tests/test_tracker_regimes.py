@@ -79,7 +79,8 @@ def test_real_pedestrian_trajectories_load() -> None:
     assert truth.frames == 71 and truth.fps == 25.0 and len(np.unique(truth.ids)) == 8
     assert (truth.visibility < 0.99).any()  # people occlude each other
     clips = regime_clips(next(r for r in REGIMES if r.tud))
-    assert [c.name for c in clips] == [f"TUD-{n}-{k}" for n in ("Campus", "Stadtmitte") for k in range(3)] and all(len(c.det_scores) for c in clips)
+    assert [c.name for c in clips] == [f"TUD-{n}-{k}" for n in ("Campus", "Stadtmitte") for k in range(3)]
+    assert all(len(c.det_scores) for c in clips)
 
 
 def test_adaptive_thresholds_follow_the_detector() -> None:

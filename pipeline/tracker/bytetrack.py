@@ -5,20 +5,31 @@ Per update (one frame of one stream):
 1. Every track's Kalman filter predicts its box at the frame's timestamp. The motion model is constant velocity on
    ``(cx, cy, w, h)`` in pixels and pixels per *second*, so a frame arriving 3 frame periods after the previous one
    (dropped or skipped frames) is predicted 3 periods ahead, and the process noise grows with the elapsed time.
-2. High-score detections (``score >= high_thresh``) are matched to all confirmed tracks -- tracked and lost -- by
-   Hungarian assignment (``scipy.optimize.linear_sum_assignment``) on ``1 - IoU`` between predicted and detected
-   boxes; pairs costing more than ``match_thresh`` are refused.
-3. Low-score detections (``low_thresh <= score < high_thresh``) are matched to the confirmed tracks left over from
-   step 2 that were tracked in the previous update (not the lost ones), gated by the stricter ``low_match_thresh``:
-   they keep an occluded or blurred object's track alive, but never start a track.
-4. Left-over high-score detections are matched to the tentative tracks (born in the previous update). A tentative
-   track's velocity is still unknown, so its predicted box is widened by ``tentative_buffer`` standard deviations of
-   its predicted position: a fast object seen in two frames far apart still pairs up. The remaining detections
-   scoring at least ``new_track_thresh`` start tentative tracks, unless one lies inside a box already matched in
-   this frame (same label, intersection over its own area > ``duplicate_ioa``: a duplicate detection).
-5. A tentative track is confirmed -- and only then gets an id -- after ``n_init`` consecutive hits (at once on a
-   stream's first update, as ByteTrack does); a tentative track that misses an update is dropped. A confirmed track
-   that is not matched becomes lost, and is removed ``track_buffer_s`` seconds after its last detection.
+2. Scores are split into high and low by a threshold that follows the detector (``adaptive``, default): the score
+   where detections on confirmed tracks (true objects, mostly) and detections left on no track (false positives,
+   mostly) overlap least, from running histograms that forget over about 200 updates. Until 20 detections have been
+   on tracks it is the median score seen (at most ``high_thresh``). So an under-confident detector (objects around
+   0.45) and an over-confident one (false positives around 0.8) both get a useful split; ``adaptive=False`` keeps
+   the fixed ``high_thresh``.
+3. High-score detections are matched to all confirmed tracks -- tracked and lost -- by Hungarian assignment
+   (``scipy.optimize.linear_sum_assignment``) on ``1 - IoU`` between predicted and detected boxes; pairs costing
+   more than ``match_thresh`` are refused.
+4. Low-score detections (``low_thresh <= score < high``) are matched to the confirmed tracks left over that were
+   tracked in the previous update or lost at most ``low_lost_s`` ago, gated by the stricter ``low_match_thresh``:
+   they keep an occluded object's track alive, and pick it up again as it comes out weakly from behind an occluder,
+   but never start a track.
+5. Left-over high-score detections are matched to the tentative tracks. A tentative track's velocity is still
+   unknown, so its predicted box is widened by ``tentative_buffer`` standard deviations of its predicted position
+   (which grow with the box size and the elapsed time): a fast object seen in two frames far apart still pairs up.
+   The remaining detections scoring at least the new-track threshold (the split plus ``new_track_thresh -
+   high_thresh``) start tentative tracks, unless one lies inside a box already matched in this frame (same label,
+   intersection over its own area > ``duplicate_ioa``: a duplicate detection).
+6. A tentative track is confirmed -- and only then gets an id -- after ``n_init`` hits, at once on a stream's first
+   update (as ByteTrack does), and at once when its first detection scores above both the median on-track score
+   and all but ``confirm_fp_rate`` off-track detections per frame: a confident new object costs no frame, while a
+   detector that often scores false positives that high gets no instant tracks. A tentative track is dropped when
+   it goes ``tentative_keep_s`` without a detection. A confirmed track that is not matched becomes lost, and is
+   removed ``track_buffer_s`` seconds after its last detection.
 
 With ``class_aware`` (default) a detection is never matched to a track of another label.
 
@@ -30,8 +41,9 @@ Lifecycle for events: after each ``update``, :attr:`ByteTracker.started` lists t
 (:class:`TrackStart`) and :attr:`ByteTracker.ended` the confirmed tracks it removed (:class:`TrackEnd`);
 :meth:`ByteTracker.finish` ends all remaining tracks (stream end).
 
-Defaults were tuned on synthetic training scenes (seeds < 1000) with the shipped detector at score >= 0.1, and
-checked on held-out ones: ``python run_pipeline.py eval-tracking`` (lab/track_eval.py).
+Defaults were chosen on the ``tune`` regimes of the tracker regime matrix (lab/track_regimes.py: simulated detectors
+on synthetic trajectories) and are reported on the held-out regimes, including real pedestrian motion (TUD):
+``python run_pipeline.py eval-tracking`` (lab/track_eval.py, docs/tracking.md).
 """
 from __future__ import annotations
 
@@ -136,14 +148,14 @@ class ByteTracker:
 
     Args:
         frame_rate: nominal frames per second, used when ``update`` gets no timestamp (1 / frame_rate elapsed).
-        high_thresh: detections scoring at least this take part in the first association and may start tracks.
+        high_thresh: detections scoring at least this take part in the first association and may start tracks
+            (with ``adaptive``: the cap of the bootstrap threshold before the score histograms have filled).
         low_thresh: detections below this are ignored; those in [low_thresh, high_thresh) only extend tracks.
         new_track_thresh: a left-over high-score detection starts a track only if it scores at least this
             (default: ``high_thresh``).
-        match_thresh: largest ``1 - IoU`` accepted for high-score detections (0.99: any overlap of at least 1 %;
-            the Hungarian assignment still prefers the best overlaps).
+        match_thresh: largest ``1 - IoU`` accepted for high-score detections and confirmed tracks (0.9: IoU >= 0.1).
         low_match_thresh: largest ``1 - IoU`` accepted for low-score detections.
-        n_init: consecutive hits that confirm a tentative track (1 = confirm at once).
+        n_init: hits that confirm a tentative track (1 = confirm at once).
         track_buffer_s: seconds a lost track is kept (since its last detection) before it is removed.
         class_aware: never match a detection to a track of another label.
         tentative_buffer: a tentative track's predicted box is widened by this many standard deviations of its
@@ -154,6 +166,13 @@ class ByteTracker:
         std_pos_process: process noise on position, fraction of box size per sqrt(second).
         std_vel_process: process noise on velocity, fraction of box size per second per sqrt(second).
         std_vel_init: initial velocity uncertainty, fraction of box size per second.
+        adaptive: derive the high / new-track / instant-confirmation thresholds from the observed scores (see the
+            module docstring; :meth:`thresholds` gives the current ones).
+        low_lost_s: low-score detections may re-attach a track lost at most this many seconds ago.
+        confirm_fp_rate: instant confirmation only above scores reached by fewer off-track detections per update
+            than this (0: never at once).
+        tentative_keep_s: seconds a tentative track survives without a detection (0: dropped at its first miss).
+        tentative_match_thresh: largest ``1 - IoU`` accepted between a tentative track's widened box and a detection.
     """
 
     def __init__(
