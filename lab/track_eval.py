@@ -425,13 +425,21 @@ PEER_GRID: dict[str, list[dict[str, Any]]] = {
 }
 
 
+def regime_clips(regime: Any, *, seconds: float | None = None, tud_root: Path | None = None) -> list[Clip]:
+    """A regime's simulated sequences (lab/track_regimes.py) as clips."""
+    from lab.track_regimes import simulate
+
+    return [Clip(name=s.name, fps=s.fps, frames=len(s.times), crowded=False, det_frame=s.det_frame,
+                 det_boxes=s.det_boxes, det_scores=s.det_scores, det_labels=s.det_labels, gt_frame=s.gt_frame,
+                 gt_ids=s.gt_ids, gt_boxes=s.gt_boxes, gt_labels=s.gt_labels, gt_ignored=s.gt_ignored, times=s.times)
+            for s in simulate(regime, seconds=seconds, tud_root=tud_root)]
+
+
 def regime_scores(
     regimes: Sequence[Any], trackers: Sequence[str] = REGIME_TRACKERS, *, seconds: float | None = None,
     params: dict[str, dict[str, Any]] | None = None, tud_root: Path | None = None,
 ) -> list[Score]:
     """Every tracker on every regime (all on the very same simulated detections); Score.condition = regime name."""
-    from lab.track_regimes import regime_clips
-
     params = params or {}
     out = []
     for regime in regimes:
@@ -445,8 +453,6 @@ def regime_scores(
 
 def tune_peers(regimes: Sequence[Any], *, seconds: float | None = None) -> dict[str, dict[str, Any]]:
     """Grid search (:data:`PEER_GRID`) of each peer on the given regimes -- pass the ``tune`` ones only."""
-    from lab.track_regimes import regime_clips
-
     clips = [(r.name, regime_clips(r, seconds=seconds)) for r in regimes if r.split == "tune"]
     best: dict[str, dict[str, Any]] = {}
     for peer, grid in PEER_GRID.items():
@@ -574,6 +580,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the scores as JSON")
 
 
+def _usage_error(message: str) -> None:
+    import sys
+
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def select_regimes(text: str) -> list[Any]:
     """``all``, ``tune``, ``held-out`` or comma-separated substrings of regime names -> regimes."""
     from lab.track_regimes import REGIMES
@@ -586,7 +599,7 @@ def select_regimes(text: str) -> list[Any]:
     parts = [t.strip().lower() for t in text.split(",") if t.strip()]
     chosen = [r for r in REGIMES if any(t in r.name.lower() for t in parts)]
     if not chosen:
-        raise SystemExit(f"--regimes {text!r} matches no regime; known: {', '.join(r.name for r in REGIMES)}")
+        _usage_error(f"--regimes {text!r} matches no regime; known: {'; '.join(r.name for r in REGIMES)}")
     return chosen
 
 
@@ -600,7 +613,10 @@ def regimes_from_args(args: argparse.Namespace) -> tuple[str, bool]:
     if args.tune_peers:
         params = tune_peers([r for r in REGIMES if r.split == "tune"], seconds=args.seconds)
         log.info("peer settings from the tuning regimes: %s", params)
-    scores = regime_scores(regimes, names, seconds=args.seconds, params=params, tud_root=args.tud_dir)
+    try:
+        scores = regime_scores(regimes, names, seconds=args.seconds, params=params, tud_root=args.tud_dir)
+    except FileNotFoundError as e:  # TUD ground truth not fetched
+        _usage_error(str(e))
     if args.json:
         args.json.write_text(json.dumps([asdict(s) for s in scores], indent=2))
     text, ok = regime_report(scores, regimes)

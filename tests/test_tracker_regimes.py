@@ -9,8 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from lab.track_eval import regime_report, regime_scores, select_regimes
-from lab.track_regimes import REGIMES, Detector, Regime, regime_clips, synth_truth, tud_dir, tud_truth
+from lab.track_eval import regime_clips, regime_report, regime_scores, select_regimes
+from lab.track_regimes import REGIMES, Detector, Regime, synth_truth, tud_dir, tud_truth
 from pipeline.tracker import ByteTracker
 
 
