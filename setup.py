@@ -44,7 +44,8 @@ setup(
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "httpx>=0.27", "trustme>=1.1", "import-linter>=2.1",
                 # tests/test_k8s_manifests.py: offline schema validation of deploy/k8s.
                 "kubernetes-validate>=1.30"],
-        # `eval-tracking` compares our tracker with the trackers package's ByteTrack and OC-SORT.
+        # `eval-tracking` compares our tracker with the trackers package's ByteTrack, OC-SORT and BoT-SORT and uses its
+        # metrics (CLEAR, Identity, HOTA); `make install`/`make test` install it (tests/test_tracker_regimes.py).
         # eval-analytics compares our line counting with supervision's LineZone.
         "eval": ["trackers>=2", "supervision>=0.25"],
         # `run --cluster`: cameras placed over the nodes of a Ray cluster (pipeline/cluster/, docs/cluster.md).

@@ -40,12 +40,16 @@ DEFAULT_SEEDS = "1000-1002"
 DEFAULT_CROWD_SEEDS = "1003-1004"
 DEFAULT_CROWD_OBJECTS = 24
 DEFAULT_TRACKERS = ("ours", "bytetrack", "bytetrack-tuned", "ocsort", "ocsort-tuned")
-#: Baselines with settings tuned on training scenes (seeds 0-8, crowded 3-5; same search effort as for ours: one
-#: parameter at a time around the package defaults, then a few combinations); ``bytetrack``/``ocsort`` = defaults.
+#: Peers at their best setting on the ``tune`` regimes of the regime matrix (lab/track_regimes.py), found by
+#: ``eval-tracking --tune-peers`` over :data:`PEER_GRID` (best mean of MOTA and IDF1; a first, coarser grid with
+#: minimum_consecutive_frames 1-3 and thresholds 0.4-0.7 had chosen its lowest corner). ``bytetrack``, ``ocsort``
+#: and ``botsort`` are the package defaults.
 TUNED_PARAMS: dict[str, dict[str, Any]] = {
-    "bytetrack-tuned": {"minimum_iou_threshold": 0.05, "track_activation_threshold": 0.8,
-                        "high_conf_det_threshold": 0.7},
-    "ocsort-tuned": {"minimum_iou_threshold": 0.05, "minimum_consecutive_frames": 2},
+    "bytetrack-tuned": {"track_activation_threshold": 0.5, "high_conf_det_threshold": 0.2,
+                        "minimum_consecutive_frames": 1},
+    "ocsort-tuned": {"high_conf_det_threshold": 0.4, "minimum_iou_threshold": 0.1, "minimum_consecutive_frames": 1},
+    "botsort-tuned": {"track_activation_threshold": 0.5, "high_conf_det_threshold": 0.2,
+                      "minimum_consecutive_frames": 1},
 }
 MATCH_IOU = 0.5
 
@@ -72,6 +76,10 @@ class Clip:
     gt_boxes: np.ndarray  # float64 [G, 4]
     gt_labels: np.ndarray  # int64 [G]
     gt_ignored: np.ndarray  # bool [G]
+    times: np.ndarray | None = None  # float64 [frames]: timestamp (s) of each frame; None: index / fps
+
+    def time(self, t: int) -> float:
+        return float(self.times[t]) if self.times is not None else t / self.fps
 
     def detections(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sel = self.det_frame == t
@@ -213,11 +221,13 @@ def make_tracker(name: str, fps: float, params: dict[str, Any] | None = None) ->
 
         return run_ours
     import supervision as sv
-    from trackers import ByteTrackTracker, OCSORTTracker
+    from trackers import BoTSORTTracker, ByteTrackTracker, OCSORTTracker
 
-    cls = {"bytetrack": ByteTrackTracker, "ocsort": OCSORTTracker}.get(name)
+    cls = {"bytetrack": ByteTrackTracker, "ocsort": OCSORTTracker, "botsort": BoTSORTTracker}.get(name)
     if cls is None:
         raise ValueError(f"unknown tracker {name!r}")
+    if name == "botsort":
+        params = {"enable_cmc": False, **params}  # no frames here: no camera-motion compensation, no appearance
     other = cls(frame_rate=fps, **params)
 
     def run_other(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
@@ -288,7 +298,7 @@ def run_condition(
     for t in kept:
         boxes, scores, labels = clip.detections(t)
         t0 = time.perf_counter()
-        tb, tl, tid = track(boxes, scores, labels, t / clip.fps)
+        tb, tl, tid = track(boxes, scores, labels, clip.time(t))
         spent += time.perf_counter() - t0
         g = clip.gt_frame == t
         valid, keep, sim = frame_similarity(clip.gt_boxes[g], clip.gt_labels[g], clip.gt_ignored[g],
@@ -398,6 +408,124 @@ def table(scores: Sequence[Score]) -> str:
     return "\n".join([TABLE_HEADER, *(s.row() for s in scores)])
 
 
+# --------------------------------------------------------------------------- regime matrix
+
+REGIME_TRACKERS = ("ours", "bytetrack", "bytetrack-tuned", "ocsort", "ocsort-tuned", "botsort", "botsort-tuned")
+#: The peers' grid: each peer at its defaults plus these settings, scored on the ``tune`` regimes only
+#: (``eval-tracking --tune-peers``); the best mean of MOTA and IDF1 becomes its ``-tuned`` entry in TUNED_PARAMS.
+PEER_GRID: dict[str, list[dict[str, Any]]] = {
+    # minimum_consecutive_frames=1 won for every peer in a first grid (1-3); the thresholds go down to 0.2 so the
+    # best setting is not on the grid's edge
+    "bytetrack": [{"track_activation_threshold": a, "high_conf_det_threshold": h, "minimum_consecutive_frames": 1}
+                  for a in (0.3, 0.5, 0.7) for h in (0.2, 0.4, 0.6)],
+    "ocsort": [{"high_conf_det_threshold": h, "minimum_iou_threshold": m, "minimum_consecutive_frames": 1}
+               for h in (0.2, 0.4, 0.6) for m in (0.1, 0.3)],
+    "botsort": [{"track_activation_threshold": a, "high_conf_det_threshold": h, "minimum_consecutive_frames": 1}
+                for a in (0.3, 0.5, 0.7) for h in (0.2, 0.4, 0.6)],
+}
+
+
+def regime_clips(regime: Any, *, seconds: float | None = None, tud_root: Path | None = None) -> list[Clip]:
+    """A regime's simulated sequences (lab/track_regimes.py) as clips."""
+    from lab.track_regimes import simulate
+
+    return [Clip(name=s.name, fps=s.fps, frames=len(s.times), crowded=False, det_frame=s.det_frame,
+                 det_boxes=s.det_boxes, det_scores=s.det_scores, det_labels=s.det_labels, gt_frame=s.gt_frame,
+                 gt_ids=s.gt_ids, gt_boxes=s.gt_boxes, gt_labels=s.gt_labels, gt_ignored=s.gt_ignored, times=s.times)
+            for s in simulate(regime, seconds=seconds, tud_root=tud_root)]
+
+
+def regime_scores(
+    regimes: Sequence[Any], trackers: Sequence[str] = REGIME_TRACKERS, *, seconds: float | None = None,
+    params: dict[str, dict[str, Any]] | None = None, tud_root: Path | None = None,
+) -> list[Score]:
+    """Every tracker on every regime (all on the very same simulated detections); Score.condition = regime name."""
+    params = params or {}
+    out = []
+    for regime in regimes:
+        clips = regime_clips(regime, seconds=seconds, tud_root=tud_root)
+        for name in trackers:
+            out.append(score(clips, name, 1, regime.name, params.get(name)))
+        log.info("%s: %s", regime.name, "  ".join(f"{s.tracker} {100 * s.MOTA:.1f}/{100 * s.IDF1:.1f}"
+                                                     for s in out[-len(trackers):]))
+    return out
+
+
+def tune_peers(regimes: Sequence[Any], *, seconds: float | None = None) -> dict[str, dict[str, Any]]:
+    """Grid search (:data:`PEER_GRID`) of each peer on the given regimes -- pass the ``tune`` ones only."""
+    clips = [(r.name, regime_clips(r, seconds=seconds)) for r in regimes if r.split == "tune"]
+    best: dict[str, dict[str, Any]] = {}
+    for peer, grid in PEER_GRID.items():
+        results = []
+        for setting in [{}, *grid]:
+            # params passed explicitly replace the recorded tuned ones: score the peer's own name
+            vals = [score(c, peer, 1, name, setting) for name, c in clips]
+            results.append((float(np.mean([(v.MOTA + v.IDF1) / 2 for v in vals])), setting))
+            log.info("%s %s: %.2f", peer, setting, 100 * results[-1][0])
+        best[f"{peer}-tuned"] = max(results, key=lambda r: r[0])[1]
+    return best
+
+
+def _mean_score(scores: Sequence[Score], tracker: str, condition: str) -> Score:
+    return Score(tracker, condition, float(np.mean([s.MOTA for s in scores])), float(np.mean([s.IDF1 for s in scores])),
+                 float(np.mean([s.HOTA for s in scores])), int(sum(s.IDSW for s in scores)),
+                 int(sum(s.FP for s in scores)), int(sum(s.FN for s in scores)),
+                 float(np.mean([s.ms_per_frame for s in scores])))
+
+
+def regime_report(scores: Sequence[Score], regimes: Sequence[Any], tie: float = 0.005) -> tuple[str, bool]:
+    """Markdown report: per regime and averaged (tuning, held-out, real motion), each tracker's MOTA / IDF1 / HOTA /
+    ID switches, and per held-out regime ours against the best peer. Returns (report, ours >= best peer on MOTA and
+    IDF1 in every held-out regime within `tie`, and ahead on both averages)."""
+    by = {(s.condition, s.tracker): s for s in scores}
+    names = list(dict.fromkeys(s.tracker for s in scores))
+    peers = [n for n in names if not n.startswith("ours")]
+    groups = [("tuning", [r for r in regimes if r.split == "tune"]),
+              ("held-out", [r for r in regimes if r.split != "tune"]),
+              ("held-out real motion (TUD)", [r for r in regimes if r.split != "tune" and r.tud])]
+    lines = ["| regime | split | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
+    verdict_lines = ["| held-out regime | ours MOTA | best peer MOTA | ours IDF1 | best peer IDF1 | ours |",
+                     "|---|---:|---:|---:|---:|---|"]
+    ok = True
+
+    def cell(s: Score) -> str:
+        return f"{100 * s.MOTA:.1f} / {100 * s.IDF1:.1f} / {100 * s.HOTA:.1f} / {s.IDSW}"
+
+    def verdict(cond: str, get: Callable[[str], Score]) -> bool:
+        if "ours" not in names or not peers:
+            return True
+        o = get("ours")
+        bm = max(get(p).MOTA for p in peers)
+        bi = max(get(p).IDF1 for p in peers)
+        good = o.MOTA >= bm - tie and o.IDF1 >= bi - tie
+        label = ("ahead" if o.MOTA > bm + tie and o.IDF1 > bi + tie else "tie or ahead") if good else "BEHIND"
+        verdict_lines.append(f"| {cond} | {100 * o.MOTA:.1f} | {100 * bm:.1f} | {100 * o.IDF1:.1f} | "
+                             f"{100 * bi:.1f} | {label} |")
+        return good
+
+    for r in regimes:
+        if any((r.name, n) in by for n in names):
+            lines.append(f"| {r.name} | {r.split} | " + " | ".join(cell(by[r.name, n]) for n in names) + " |")
+            if r.split != "tune":
+                ok &= verdict(r.name, lambda n, r=r: by[r.name, n])
+    for title, group in groups:
+        present = [r for r in group if all((r.name, n) in by for n in names)]
+        if not present:
+            continue
+        means = {n: _mean_score([by[r.name, n] for r in present], n, title) for n in names}
+        lines.append(f"| **average, {title}** ({len(present)}) | | " +
+                     " | ".join(cell(means[n]) for n in names) + " |")
+        if title != "tuning" and "ours" in names and peers:
+            good = verdict(f"**average, {title}**", means.__getitem__)
+            o = means["ours"]
+            ahead = all(o.MOTA > means[p].MOTA and o.IDF1 > means[p].IDF1 for p in peers)
+            ok &= good and (ahead or title != "held-out")
+    text = ("Each cell: MOTA / IDF1 / HOTA in % / ID switches.\n\n" + "\n".join(lines) +
+            "\n\nOurs against the best peer per held-out regime (within 0.5 points = tie):\n\n" +
+            "\n".join(verdict_lines))
+    return text, ok
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -413,6 +541,18 @@ def _ints(text: str) -> list[int]:
 
 def add_args(p: argparse.ArgumentParser) -> None:
     """Options of `eval-tracking`."""
+    p.add_argument("--source", choices=("regimes", "detector"), default="regimes",
+                   help="regimes (default): the regime matrix of simulated detectors on synthetic and real (TUD) "
+                        "trajectories (lab/track_regimes.py); detector: the shipped detector on rendered clips")
+    p.add_argument("--regimes", default="all",
+                   help="regime matrix: all, tune, held-out, or comma-separated substrings of regime names")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="length of each synthetic sequence in seconds (default: the regime's, 10 s)")
+    p.add_argument("--tud-dir", type=Path, default=None,
+                   help="where `make tud-data` put the TUD ground truth (default $RPN_TUD_DIR or "
+                        "~/.cache/rpn-pipeline/tud)")
+    p.add_argument("--tune-peers", action="store_true",
+                   help="grid-search the peers (PEER_GRID) on the tuning regimes first and use those settings")
     p.add_argument("--seeds", default=DEFAULT_SEEDS,
                    help=f"ordinary held-out scene seeds, e.g. 1000-1002 or 1000,1005 (default {DEFAULT_SEEDS})")
     p.add_argument("--crowd-seeds", default=DEFAULT_CROWD_SEEDS,
@@ -430,8 +570,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strides", default="1,2,3",
                    help="keep every k-th frame of the ordinary clips, for each k (default 1,2,3)")
     p.add_argument("--crowd-strides", default="1", help="same for the crowded clips (default 1)")
-    p.add_argument("--trackers", default=",".join(DEFAULT_TRACKERS),
-                   help="comma-separated: ours, ours-agnostic, bytetrack[-tuned], ocsort[-tuned] (default %(default)s)")
+    p.add_argument("--trackers", default=None,
+                   help="comma-separated: ours, ours-agnostic, bytetrack[-tuned], ocsort[-tuned], botsort[-tuned] "
+                        f"(default: {','.join(REGIME_TRACKERS)} on regimes, {','.join(DEFAULT_TRACKERS)} on detector)")
     p.add_argument("--class-agnostic-eval", action="store_true",
                    help="match tracker boxes to ground truth regardless of label")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -439,14 +580,64 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the scores as JSON")
 
 
+def _usage_error(message: str) -> None:
+    import sys
+
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def select_regimes(text: str) -> list[Any]:
+    """``all``, ``tune``, ``held-out`` or comma-separated substrings of regime names -> regimes."""
+    from lab.track_regimes import REGIMES
+
+    text = text.strip()
+    if text == "all":
+        return list(REGIMES)
+    if text in ("tune", "held-out"):
+        return [r for r in REGIMES if r.split == text]
+    parts = [t.strip().lower() for t in text.split(",") if t.strip()]
+    chosen = [r for r in REGIMES if any(t in r.name.lower() for t in parts)]
+    if not chosen:
+        _usage_error(f"--regimes {text!r} matches no regime; known: {'; '.join(r.name for r in REGIMES)}")
+    return chosen
+
+
+def regimes_from_args(args: argparse.Namespace) -> tuple[str, bool]:
+    """The regime matrix run of `eval-tracking`; returns (report, acceptance verdict)."""
+    from lab.track_regimes import REGIMES
+
+    regimes = select_regimes(args.regimes)
+    names = [n.strip() for n in (args.trackers or ",".join(REGIME_TRACKERS)).split(",") if n.strip()]
+    params: dict[str, dict[str, Any]] = {}
+    if args.tune_peers:
+        params = tune_peers([r for r in REGIMES if r.split == "tune"], seconds=args.seconds)
+        log.info("peer settings from the tuning regimes: %s", params)
+    try:
+        scores = regime_scores(regimes, names, seconds=args.seconds, params=params, tud_root=args.tud_dir)
+    except FileNotFoundError as e:  # TUD ground truth not fetched
+        _usage_error(str(e))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(s) for s in scores], indent=2))
+    text, ok = regime_report(scores, regimes)
+    tuned = params or {k: v for k, v in TUNED_PARAMS.items() if k in names}
+    head = ("Tracking regime matrix (lab/track_regimes.py): simulated detectors on synthetic trajectories and on real "
+            "pedestrian trajectories (TUD-Campus, TUD-Stadtmitte); all trackers get the same detections. "
+            f"Peers' tuned settings (from the tuning regimes only): {json.dumps(tuned)}\n\n")
+    return head + text + f"\n\nAcceptance (ours >= best peer in every held-out regime, ahead on average): " \
+        f"{'PASS' if ok else 'FAIL'}", ok
+
+
 def report_from_args(args: argparse.Namespace) -> str:
     """`python run_pipeline.py eval-tracking ...`: run the comparison; returns the report (and writes --json)."""
+    if args.source == "regimes":
+        return regimes_from_args(args)[0]
     clips = build_clips(
         _seeds(args.seeds), _seeds(args.crowd_seeds), weights=args.weights, frames=args.frames, width=args.width,
         height=args.height, crowd_objects=args.crowd_objects, score_threshold=args.score_threshold,
         cache_dir=args.cache_dir, threads=args.threads,
     )
-    names = [n.strip() for n in args.trackers.split(",") if n.strip()]
+    names = [n.strip() for n in (args.trackers or ",".join(DEFAULT_TRACKERS)).split(",") if n.strip()]
     scores = evaluate(clips, names, _ints(args.strides), _ints(args.crowd_strides),
                       class_aware_eval=not args.class_agnostic_eval)
     n_normal = sum(not c.crowded for c in clips)

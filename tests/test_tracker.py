@@ -247,3 +247,20 @@ def _iou(a: list[float], b: list[float]) -> float:
     from pipeline.tracker.bytetrack import iou_matrix
 
     return float(iou_matrix(np.array([a]), np.array([b]))[0, 0])
+
+
+def test_confident_new_object_is_confirmed_at_its_first_detection() -> None:
+    """Once the tracker has seen how the detector scores, a new object scoring like the tracked ones gets its id on
+    its first frame; a weak newcomer (scoring like the false positives) still needs a second hit."""
+    rng = np.random.default_rng(1)
+    tracker = ByteTracker(frame_rate=FPS)
+    walkers = [(60.0 * k + 30, 3.0) for k in range(4)]
+    for f in range(60):
+        items = [(box(x + v * f, 200), float(rng.uniform(0.85, 0.95)), PERSON) for x, v in walkers]
+        fp = rng.uniform(20, 600, 2)  # one false positive a frame, somewhere else each time
+        items.append((box(fp[0], 400 + fp[1] / 10), float(rng.uniform(0.2, 0.4)), PERSON))
+        step(tracker, *items, t=f / FPS)
+    items = [(box(x + v * 60, 200), 0.9, PERSON) for x, v in walkers]
+    ids = step(tracker, *items, (box(500, 100), 0.92, PERSON), (box(700, 100), 0.5, PERSON), t=60 / FPS)
+    assert ids[4] > 0 and ids[5] == -1
+    assert [s.track_id for s in tracker.started] == [int(ids[4])]

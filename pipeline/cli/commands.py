@@ -133,8 +133,10 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     register(sub, command)
     tracking = sub.add_parser(
-        "eval-tracking", help="MOTA, IDF1 and HOTA of our tracker vs ByteTrack and OC-SORT (the trackers package)",
-        description="Run detector + trackers on held-out synthetic videos with identity ground truth.",
+        "eval-tracking",
+        help="MOTA, IDF1 and HOTA of our tracker vs ByteTrack, OC-SORT and BoT-SORT (the trackers package)",
+        description="Run the trackers over the regime matrix (simulated detectors on synthetic and real pedestrian "
+                    "trajectories; docs/tracking.md), or with --source detector on rendered clips.",
     )
     if command == "eval-tracking":
         from lab.track_eval import add_args

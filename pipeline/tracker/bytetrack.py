@@ -5,20 +5,31 @@ Per update (one frame of one stream):
 1. Every track's Kalman filter predicts its box at the frame's timestamp. The motion model is constant velocity on
    ``(cx, cy, w, h)`` in pixels and pixels per *second*, so a frame arriving 3 frame periods after the previous one
    (dropped or skipped frames) is predicted 3 periods ahead, and the process noise grows with the elapsed time.
-2. High-score detections (``score >= high_thresh``) are matched to all confirmed tracks -- tracked and lost -- by
-   Hungarian assignment (``scipy.optimize.linear_sum_assignment``) on ``1 - IoU`` between predicted and detected
-   boxes; pairs costing more than ``match_thresh`` are refused.
-3. Low-score detections (``low_thresh <= score < high_thresh``) are matched to the confirmed tracks left over from
-   step 2 that were tracked in the previous update (not the lost ones), gated by the stricter ``low_match_thresh``:
-   they keep an occluded or blurred object's track alive, but never start a track.
-4. Left-over high-score detections are matched to the tentative tracks (born in the previous update). A tentative
-   track's velocity is still unknown, so its predicted box is widened by ``tentative_buffer`` standard deviations of
-   its predicted position: a fast object seen in two frames far apart still pairs up. The remaining detections
-   scoring at least ``new_track_thresh`` start tentative tracks, unless one lies inside a box already matched in
-   this frame (same label, intersection over its own area > ``duplicate_ioa``: a duplicate detection).
-5. A tentative track is confirmed -- and only then gets an id -- after ``n_init`` consecutive hits (at once on a
-   stream's first update, as ByteTrack does); a tentative track that misses an update is dropped. A confirmed track
-   that is not matched becomes lost, and is removed ``track_buffer_s`` seconds after its last detection.
+2. Scores are split into high and low by a threshold that follows the detector (``adaptive``, default): the score
+   where detections on confirmed tracks (true objects, mostly) and detections left on no track (false positives,
+   mostly) overlap least, from running histograms that forget over about 200 updates. Until 20 detections have been
+   on tracks it is the median score seen (at most ``high_thresh``). So an under-confident detector (objects around
+   0.45) and an over-confident one (false positives around 0.8) both get a useful split; ``adaptive=False`` keeps
+   the fixed ``high_thresh``.
+3. High-score detections are matched to all confirmed tracks -- tracked and lost -- by Hungarian assignment
+   (``scipy.optimize.linear_sum_assignment``) on ``1 - IoU`` between predicted and detected boxes; pairs costing
+   more than ``match_thresh`` are refused.
+4. Low-score detections (``low_thresh <= score < high``) are matched to the confirmed tracks left over that were
+   tracked in the previous update or lost at most ``low_lost_s`` ago, gated by the stricter ``low_match_thresh``:
+   they keep an occluded object's track alive, and pick it up again as it comes out weakly from behind an occluder,
+   but never start a track.
+5. Left-over high-score detections are matched to the tentative tracks. A tentative track's velocity is still
+   unknown, so its predicted box is widened by ``tentative_buffer`` standard deviations of its predicted position
+   (which grow with the box size and the elapsed time): a fast object seen in two frames far apart still pairs up.
+   The remaining detections scoring at least the new-track threshold (the split plus ``new_track_thresh -
+   high_thresh``) start tentative tracks, unless one lies inside a box already matched in this frame (same label,
+   intersection over its own area > ``duplicate_ioa``: a duplicate detection).
+6. A tentative track is confirmed -- and only then gets an id -- after ``n_init`` hits, at once on a stream's first
+   update (as ByteTrack does), and at once when its first detection scores above both the median on-track score
+   and all but ``confirm_fp_rate`` off-track detections per frame: a confident new object costs no frame, while a
+   detector that often scores false positives that high gets no instant tracks. A tentative track is dropped when
+   it goes ``tentative_keep_s`` without a detection. A confirmed track that is not matched becomes lost, and is
+   removed ``track_buffer_s`` seconds after its last detection.
 
 With ``class_aware`` (default) a detection is never matched to a track of another label.
 
@@ -30,8 +41,9 @@ Lifecycle for events: after each ``update``, :attr:`ByteTracker.started` lists t
 (:class:`TrackStart`) and :attr:`ByteTracker.ended` the confirmed tracks it removed (:class:`TrackEnd`);
 :meth:`ByteTracker.finish` ends all remaining tracks (stream end).
 
-Defaults were tuned on synthetic training scenes (seeds < 1000) with the shipped detector at score >= 0.1, and
-checked on held-out ones: ``python run_pipeline.py eval-tracking`` (lab/track_eval.py).
+Defaults were chosen on the ``tune`` regimes of the tracker regime matrix (lab/track_regimes.py: simulated detectors
+on synthetic trajectories) and are reported on the held-out regimes, including real pedestrian motion (TUD):
+``python run_pipeline.py eval-tracking`` (lab/track_eval.py, docs/tracking.md).
 """
 from __future__ import annotations
 
@@ -44,6 +56,9 @@ __all__ = ["ByteTracker", "TrackEnd", "TrackStart", "iou_matrix"]
 
 _TENTATIVE, _TRACKED, _LOST = 0, 1, 2
 _FORBIDDEN = 1e6  # cost of a pair of different labels
+_BINS = 40  # score histogram bins over [0, 1]
+_DECAY = 0.995  # per update: the histograms remember about the last 200 frames
+_MIN_ON = 20.0  # detections on established tracks needed before the thresholds adapt
 
 
 @dataclass(frozen=True)
@@ -133,14 +148,14 @@ class ByteTracker:
 
     Args:
         frame_rate: nominal frames per second, used when ``update`` gets no timestamp (1 / frame_rate elapsed).
-        high_thresh: detections scoring at least this take part in the first association and may start tracks.
+        high_thresh: detections scoring at least this take part in the first association and may start tracks
+            (with ``adaptive``: the cap of the bootstrap threshold before the score histograms have filled).
         low_thresh: detections below this are ignored; those in [low_thresh, high_thresh) only extend tracks.
         new_track_thresh: a left-over high-score detection starts a track only if it scores at least this
             (default: ``high_thresh``).
-        match_thresh: largest ``1 - IoU`` accepted for high-score detections (0.99: any overlap of at least 1 %;
-            the Hungarian assignment still prefers the best overlaps).
+        match_thresh: largest ``1 - IoU`` accepted for high-score detections and confirmed tracks (0.9: IoU >= 0.1).
         low_match_thresh: largest ``1 - IoU`` accepted for low-score detections.
-        n_init: consecutive hits that confirm a tentative track (1 = confirm at once).
+        n_init: hits that confirm a tentative track (1 = confirm at once).
         track_buffer_s: seconds a lost track is kept (since its last detection) before it is removed.
         class_aware: never match a detection to a track of another label.
         tentative_buffer: a tentative track's predicted box is widened by this many standard deviations of its
@@ -151,6 +166,13 @@ class ByteTracker:
         std_pos_process: process noise on position, fraction of box size per sqrt(second).
         std_vel_process: process noise on velocity, fraction of box size per second per sqrt(second).
         std_vel_init: initial velocity uncertainty, fraction of box size per second.
+        adaptive: derive the high / new-track / instant-confirmation thresholds from the observed scores (see the
+            module docstring; :meth:`thresholds` gives the current ones).
+        low_lost_s: low-score detections may re-attach a track lost at most this many seconds ago.
+        confirm_fp_rate: instant confirmation only above scores reached by fewer off-track detections per update
+            than this (0: never at once).
+        tentative_keep_s: seconds a tentative track survives without a detection (0: dropped at its first miss).
+        tentative_match_thresh: largest ``1 - IoU`` accepted between a tentative track's widened box and a detection.
     """
 
     def __init__(
@@ -160,7 +182,7 @@ class ByteTracker:
         high_thresh: float = 0.7,
         low_thresh: float = 0.1,
         new_track_thresh: float | None = None,
-        match_thresh: float = 0.99,
+        match_thresh: float = 0.9,
         low_match_thresh: float = 0.5,
         n_init: int = 2,
         track_buffer_s: float = 1.5,
@@ -171,6 +193,11 @@ class ByteTracker:
         std_pos_process: float = 0.27,
         std_vel_process: float = 1.0,
         std_vel_init: float = 2.0,
+        adaptive: bool = True,
+        low_lost_s: float = 0.5,
+        confirm_fp_rate: float = 0.02,
+        tentative_keep_s: float = 0.2,
+        tentative_match_thresh: float = 0.99,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
@@ -195,6 +222,17 @@ class ByteTracker:
         self.std_pos_process = float(std_pos_process)
         self.std_vel_process = float(std_vel_process)
         self.std_vel_init = float(std_vel_init)
+        self.adaptive = bool(adaptive)
+        self.low_lost_s = float(low_lost_s)
+        self.confirm_fp_rate = float(confirm_fp_rate)
+        self.tentative_keep_s = float(tentative_keep_s)
+        self.tentative_match_thresh = float(tentative_match_thresh)
+        # Running score histograms (exponentially forgotten): scores of detections on established tracks (true
+        # objects, mostly) and of detections left on no track (false positives, mostly). The adaptive thresholds
+        # split them where the fewest detections fall on the wrong side.
+        self._on_hist = np.zeros(_BINS)
+        self._off_hist = np.zeros(_BINS)
+        self._all_hist = np.zeros(_BINS)  # every score >= low_thresh: the bootstrap before tracks are established
 
         #: Tracks confirmed by the last `update`.
         self.started: list[TrackStart] = []
@@ -258,34 +296,48 @@ class ByteTracker:
         iou = iou_matrix(self._predicted_boxes(), boxes)
         if self.class_aware and iou.size:
             iou[self._label[:, None] != labels[None, :]] = -_FORBIDDEN
-        high = np.flatnonzero(scores >= self.high_thresh)
-        low = np.flatnonzero((scores >= self.low_thresh) & (scores < self.high_thresh))
+        valid = scores >= self.low_thresh
+        if self.adaptive:
+            self._all_hist *= _DECAY
+            np.add.at(self._all_hist, _bin(scores[valid]), 1.0)
+        high_t, new_t, confirm_t = self.thresholds()
+        high = np.flatnonzero(scores >= high_t)
+        low = np.flatnonzero(valid & (scores < high_t))
 
         # 1. high-score detections vs confirmed tracks (tracked and lost)
         rows = np.flatnonzero(self._state != _TENTATIVE)
-        r, c = _assign(1.0 - iou[rows[:, None], high], self.match_thresh)
+        cost = 1.0 - iou[rows[:, None], high]
+        r, c = _assign(cost, self.match_thresh)
         det_track[high[c]] = rows[r]
         matched[rows[r]] = True
         high = high[_others(len(high), c)]
 
-        # 2. low-score detections vs the tracks tracked in the previous update and still unmatched
-        rows = np.flatnonzero((self._state == _TRACKED) & ~matched)
+        # 2. low-score detections vs the unmatched tracks tracked in the previous update or lost for at most
+        # `low_lost_s` (an object going behind an occluder is seen weakly before and after)
+        recent = (self._state == _TRACKED) | ((self._state == _LOST) & (now - self._last_time <= self.low_lost_s))
+        rows = np.flatnonzero(recent & ~matched)
         r, c = _assign(1.0 - iou[rows[:, None], low], self.low_match_thresh)
         det_track[low[c]] = rows[r]
         matched[rows[r]] = True
+        on_confirmed = det_track >= 0
 
         # 3. left-over high-score detections vs tentative tracks (boxes widened by their uncertainty)
         rows = np.flatnonzero(self._state == _TENTATIVE)
-        r, c = _assign(1.0 - iou[rows[:, None], high], self.match_thresh)
+        r, c = _assign(1.0 - iou[rows[:, None], high], self.tentative_match_thresh)
         det_track[high[c]] = rows[r]
         matched[rows[r]] = True
         new = high[_others(len(high), c)]
-        new = new[scores[new] >= self.new_track_thresh]
+        new = new[scores[new] >= new_t]
         if 0.0 < self.duplicate_ioa < 1.0 and len(new) and (det_track >= 0).any():
             taken = np.flatnonzero(det_track >= 0)
             dup = (_ioa_matrix(boxes[new], boxes[taken]) > self.duplicate_ioa) & (
                 labels[new][:, None] == labels[taken][None, :])
             new = new[~dup.any(axis=1)]
+        if self.adaptive:
+            self._on_hist *= _DECAY
+            self._off_hist *= _DECAY
+            np.add.at(self._on_hist, _bin(scores[on_confirmed]), 1.0)
+            np.add.at(self._off_hist, _bin(scores[valid & ~on_confirmed]), 1.0)
 
         # Kalman update and bookkeeping of matched tracks
         hit = np.flatnonzero(det_track >= 0)
@@ -307,7 +359,9 @@ class ByteTracker:
             self._spawn(boxes[new], scores[new], labels[new], now)
 
         # 5. confirmation (at once on a stream's first update), then removal of dead tracks
-        for row in np.flatnonzero((self._state == _TENTATIVE) & ((self._hits >= self.n_init) | first_update)):
+        hits = self._frames if self.tentative_keep_s > 0 else self._hits
+        confirm = ((hits >= self.n_init) & (self._hits > 0)) | first_update | (self._first_score >= confirm_t)
+        for row in np.flatnonzero((self._state == _TENTATIVE) & confirm):
             self._state[row] = _TRACKED
             self._id[row] = self._next_id
             self._next_id += 1
@@ -315,7 +369,7 @@ class ByteTracker:
                 track_id=int(self._id[row]), label=int(self._label[row]), box=_box_tuple(self._first_box[row]),
                 time=float(self._first_time[row]), confirmed_time=now, score=float(self._first_score[row]),
             ))
-        dead = (self._state == _TENTATIVE) & (self._hits == 0)
+        dead = (self._state == _TENTATIVE) & (self._hits == 0) & (now - self._last_time > self.tentative_keep_s)
         dead |= (self._state == _LOST) & (now - self._last_time > self.track_buffer_s)
 
         ids = np.full(n, -1, np.int64)
@@ -333,6 +387,38 @@ class ByteTracker:
         self.ended = self._end(np.flatnonzero(self._state != _TENTATIVE))
         self._keep(np.zeros(len(self._id), bool))
         return self.ended
+
+    def thresholds(self) -> tuple[float, float, float]:
+        """(high, new-track, instant-confirmation) score thresholds the next update uses.
+
+        Fixed (``high_thresh``, ``new_track_thresh``, never) unless ``adaptive``. Adaptive: the high threshold is
+        where the scores of detections on confirmed tracks and of those left on none overlap least (fewest on the
+        wrong side; the middle of the best range); before ``_MIN_ON`` detections have been on tracks it is the
+        median score seen, if lower than ``high_thresh``. ``new_track_thresh`` keeps its offset from
+        ``high_thresh``. A new track is confirmed at its first detection when that scores at least the median of
+        on-track scores and above nearly all (95 %) off-track ones.
+        """
+        offset = self.new_track_thresh - self.high_thresh
+        if not self.adaptive:
+            return self.high_thresh, self.new_track_thresh, np.inf
+        lo, hi = self.low_thresh + 0.05, 0.95
+        on, off = self._on_hist, self._off_hist
+        if on.sum() < _MIN_ON:
+            high = min(self.high_thresh, _quantile(self._all_hist, 0.5))
+            high = float(np.clip(high, lo, max(lo, self.high_thresh)))
+            return high, high + offset, np.inf
+        # errors when splitting at edge k/_BINS: on-track scores below it + off-track scores at or above it
+        err = np.concatenate([[0.0], np.cumsum(on)]) + np.concatenate([np.cumsum(off[::-1])[::-1], [0.0]])
+        best = np.flatnonzero(err <= err.min() + 1e-9)
+        high = float(np.clip(0.5 * (best[0] + best[-1]) / _BINS, lo, hi))
+        # instant confirmation: where off-track detections (false positives, mostly) score this high less than
+        # `confirm_fp_rate` times per frame (the histograms hold about 1 / (1 - _DECAY) frames)
+        if self.confirm_fp_rate <= 0:
+            return high, high + offset, np.inf
+        above = np.concatenate([np.cumsum(off[::-1])[::-1], [0.0]])  # off-track mass at or above each edge
+        edge = int(np.argmax(above <= self.confirm_fp_rate / (1.0 - _DECAY)))
+        confirm = max(high, _quantile(on, 0.5), edge / _BINS)
+        return high, high + offset, confirm
 
     # ------------------------------------------------------------------ internals
 
@@ -364,9 +450,8 @@ class ByteTracker:
     def _predicted_boxes(self) -> np.ndarray:
         """Predicted boxes for matching; tentative tracks widened by ``tentative_buffer`` position stds."""
         state = self._mean[:, :, 0].copy()
-        if self.tentative_buffer > 0:
-            tentative = self._state == _TENTATIVE
-            state[tentative, 2:] += 2.0 * self.tentative_buffer * np.sqrt(self._cov[tentative, :2, 0])
+        tentative = self._state == _TENTATIVE
+        state[tentative, 2:] += 2.0 * self.tentative_buffer * np.sqrt(self._cov[tentative, :2, 0])
         return _cxcywh_to_xyxy(state)
 
     def _correct(self, rows: np.ndarray, boxes: np.ndarray) -> None:
@@ -418,6 +503,18 @@ class ByteTracker:
             )
             for i in rows
         ]
+
+
+def _bin(scores: np.ndarray) -> np.ndarray:
+    return np.clip((scores * _BINS).astype(np.intp), 0, _BINS - 1)
+
+
+def _quantile(hist: np.ndarray, q: float) -> float:
+    """The q-quantile of a score histogram (bin upper edge)."""
+    c = np.cumsum(hist)
+    if c[-1] <= 0:
+        return 0.0
+    return float((np.searchsorted(c, q * c[-1]) + 1) / _BINS)
 
 
 def _box_tuple(b: np.ndarray) -> tuple[float, float, float, float]:

@@ -1,0 +1,99 @@
+"""The tracker regime matrix (lab/track_regimes.py) through the real evaluation code (lab/track_eval.py), reduced to
+a few short sequences: metrics are computed for ours and a peer, the split is recorded, real TUD trajectories load,
+and our tracker beats a deliberately crippled configuration of itself."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from lab.track_eval import regime_clips, regime_report, regime_scores, select_regimes
+from lab.track_regimes import REGIMES, Detector, Regime, synth_truth, tud_dir, tud_truth
+from pipeline.tracker import ByteTracker
+
+
+def _short(name: str, split: str, detector: Detector, **kw: object) -> Regime:
+    return Regime(name, split, detector, seeds=(3000,), seconds=4.0, **kw)  # type: ignore[arg-type]
+
+
+def test_split_is_recorded_and_real_motion_is_held_out() -> None:
+    splits = {r.split for r in REGIMES}
+    assert splits == {"tune", "held-out"}
+    assert all(r.split == "held-out" for r in REGIMES if r.tud)
+    tune_seeds = {s for r in REGIMES if r.split == "tune" for s in r.seeds}
+    held_seeds = {s for r in REGIMES if r.split == "held-out" for s in r.seeds}
+    assert tune_seeds and held_seeds and not tune_seeds & held_seeds
+    assert {r.name for r in select_regimes("tune")} == {r.name for r in REGIMES if r.split == "tune"}
+
+
+def test_simulated_detector_applies_its_noise_model() -> None:
+    truth = synth_truth(3000, seconds=4.0)
+    assert truth.frames == 120 and len(truth.boxes) > 100 and (truth.visibility <= 1.0 + 1e-9).all()
+    clean = Detector(miss=0.0, occlusion_miss=0.0, fp_rate=0.0, jitter=0.0, score_std=0.0, occlusion_score=0.0)
+    frame, boxes, scores, _ = clean.detect(truth, seed=1)
+    visible = int((truth.visibility > 0.05).sum())
+    assert 0.98 * visible <= len(boxes) <= visible  # slivers under 2 px at the frame edge are dropped
+    assert np.allclose(scores, clean.score)
+    noisy = replace(clean, miss=0.3, fp_rate=3.0, fp_score=0.2, fp_score_std=0.0)
+    frame, boxes, scores, _ = noisy.detect(truth, seed=1)
+    n_fp = int(np.isclose(scores, 0.2).sum())
+    assert abs(n_fp / truth.frames - 3.0) < 0.6  # Poisson(3) per frame
+    assert 0.6 < (len(boxes) - n_fp) / (truth.visibility > 0.05).sum() < 0.8  # 30 % missed
+    kept = replace(clean, fps=10.0, drop=0.3).kept_frames(truth, seed=1)
+    assert kept[0] == 0 and set(np.diff(kept)) <= {3, 6, 9, 12, 15} and len(kept) < 40
+
+
+def test_reduced_matrix_scores_ours_and_a_peer() -> None:
+    pytest.importorskip("trackers")
+    regimes = [_short("t", "tune", Detector()), _short("h", "held-out", Detector(score=0.45, fp_score=0.2))]
+    scores = regime_scores(regimes, ["ours", "bytetrack"], seconds=4.0)
+    assert [(s.condition, s.tracker) for s in scores] == [("t", "ours"), ("t", "bytetrack"), ("h", "ours"),
+                                                          ("h", "bytetrack")]
+    for s in scores:
+        assert all(math.isfinite(v) for v in (s.MOTA, s.IDF1, s.HOTA)) and 0.0 < s.IDF1 <= 1.0 and s.IDSW >= 0
+    by = {(s.condition, s.tracker): s for s in scores}
+    # an under-confident detector (true objects around 0.45): ByteTrack at its defaults (0.7 to start a track)
+    # starts almost nothing; ours adapts its thresholds to the score distribution
+    assert by["h", "ours"].MOTA > by["h", "bytetrack"].MOTA + 0.2
+    text, ok = regime_report(scores, regimes)
+    assert "| h | held-out |" in text and "average, held-out" in text and ok
+
+
+def test_ours_beats_a_crippled_configuration() -> None:
+    pytest.importorskip("trackers")
+    regime = _short("occluded, under-confident", "held-out",
+                    Detector(score=0.5, occlusion_miss=1.6, occlusion_score=0.4, fp_rate=1.0, fp_score=0.3),
+                    max_objects=12)
+    crippled = {"adaptive": False, "n_init": 4, "track_buffer_s": 0.1}
+    good, bad = regime_scores([regime], ["ours"], seconds=4.0, params={}) + \
+        regime_scores([regime], ["ours"], seconds=4.0, params={"ours": crippled})
+    assert good.MOTA > bad.MOTA + 0.1 and good.IDF1 > bad.IDF1 + 0.1
+
+
+def test_real_pedestrian_trajectories_load() -> None:
+    if not (tud_dir() / "motmetrics" / "data" / "TUD-Campus" / "gt.txt").is_file():
+        pytest.skip("TUD ground truth not fetched: make tud-data")
+    truth = tud_truth("TUD-Campus")
+    assert truth.frames == 71 and truth.fps == 25.0 and len(np.unique(truth.ids)) == 8
+    assert (truth.visibility < 0.99).any()  # people occlude each other
+    clips = regime_clips(next(r for r in REGIMES if r.tud))
+    assert [c.name for c in clips] == [f"TUD-{n}-{k}" for n in ("Campus", "Stadtmitte") for k in range(3)]
+    assert all(len(c.det_scores) for c in clips)
+
+
+def test_adaptive_thresholds_follow_the_detector() -> None:
+    """The high threshold settles between true objects' and false positives' scores, wherever those are."""
+    rng = np.random.default_rng(0)
+    for tp, fp in ((0.45, 0.15), (0.95, 0.75)):
+        tracker = ByteTracker()
+        for f in range(80):
+            xs = 60.0 * np.arange(5) + f
+            boxes = np.column_stack([xs, np.full(5, 50.0), xs + 20, np.full(5, 100.0)])
+            fp_box = rng.uniform(0, 400, 2)
+            boxes = np.vstack([boxes, [*fp_box, *(fp_box + 20)]])
+            scores = np.r_[rng.normal(tp, 0.03, 5), rng.normal(fp, 0.03)].clip(0.01, 0.99)
+            tracker.update(boxes, scores, np.ones(6, np.int64), timestamp=f / 25)
+        high, new, _ = tracker.thresholds()
+        assert fp + 0.05 < high < tp - 0.05 and new == high
