@@ -9,7 +9,8 @@ dimension. docs/model.md describes the split.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+import time
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -21,6 +22,9 @@ from torchvision.models.detection.transform import resize_boxes
 
 from engines.base import Detections, Detector
 from engines.models import LoadedModel
+
+#: The parts of `SplitDetector.detect`, in order, as `timings` names them.
+PARTS: tuple[str, ...] = ("preprocess", "dense", "proposals", "roi_align", "box_head", "postprocess")
 
 #: Runs one exported graph: input tensor in, output tensors out (in the graph's output order).
 GraphRunner = Callable[[Tensor], Sequence[Tensor]]
@@ -71,6 +75,23 @@ def input_size_for(model: FasterRCNN, frame_width: int, frame_height: int) -> tu
     )
 
 
+def resize_scale(model: FasterRCNN, width: int, height: int, input_size: tuple[int, int] | None = None) -> float:
+    """GeneralizedRCNNTransform's resize factor for a frame; letterboxed into `input_size` (h, w) if it exceeds it."""
+    transform = model.transform
+    scale = min(transform.min_size[-1] / min(width, height), transform.max_size / max(width, height))
+    if input_size is not None and (math.floor(height * scale) > input_size[0] or math.floor(width * scale) > input_size[1]):
+        scale = min(input_size[0] / height, input_size[1] / width)  # another aspect ratio than the engine's
+    return scale
+
+
+def resized_size(
+    model: FasterRCNN, width: int, height: int, input_size: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """(width, height) of a frame after the model's resize: the size the decoder should deliver frames in."""
+    scale = resize_scale(model, width, height, input_size)
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
 def roi_input_shape(model: FasterRCNN) -> tuple[int, int, int]:
     """(channels, height, width) of one RoI-pooled feature, the box head's input."""
     channels = model.backbone.out_channels
@@ -104,6 +125,14 @@ class SplitDetector(Detector):
         self.max_batch = max_batch
         self.feature_names = feature_names(self.model)
         self._anchor_cache: tuple[tuple[tuple[int, ...], ...], list[Tensor]] | None = None
+        #: Seconds spent per part (see PARTS) while not None: benchmarks/engine_profile.py sets it.
+        self.timings: defaultdict[str, float] | None = None
+
+    def _mark(self, part: str, started: float) -> float:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[part] += now - started
+        return now
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         step = self.max_batch or len(images) or 1
@@ -113,25 +142,35 @@ class SplitDetector(Detector):
         return results
 
     @torch.inference_mode()
+    def frame_size_for(self, width: int, height: int) -> tuple[int, int] | None:
+        return resized_size(self.model, width, height, self.input_size)
+
     def _detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
             return []
+        t = time.perf_counter()
         batch, sizes = self.preprocess(images)
+        t = self._mark("preprocess", t)
         outputs = list(self.run_dense(batch))
+        t = self._mark("dense", t)
         n = len(self.feature_names)
         levels, objectness, deltas = outputs[:n], outputs[n : 2 * n], outputs[2 * n : 3 * n]
         roi_heads = self.model.roi_heads
         boxes = self._proposals(batch, sizes, levels, objectness, deltas)
+        t = self._mark("proposals", t)
         # The eval branch of RoIHeads.forward, with the box head in the backend.
         features = OrderedDict(zip(self.feature_names, levels))
         pooled = roi_heads.box_roi_pool(features, boxes, sizes)
+        t = self._mark("roi_align", t)
         class_logits, box_regression = self.run_box_head(pooled)
+        t = self._mark("box_head", t)
         det_boxes, det_scores, det_labels = roi_heads.postprocess_detections(class_logits, box_regression, boxes, sizes)
         results = []
         for img, b, s, l, size in zip(images, det_boxes, det_scores, det_labels, sizes):
             keep = s >= self.score_threshold
             b = resize_boxes(b[keep], size, img.shape[:2])
             results.append(Detections(b.numpy().astype(np.float32), s[keep].numpy(), l[keep].numpy().astype(np.int64)))
+        self._mark("postprocess", t)
         return results
 
     def _proposals(
@@ -183,9 +222,7 @@ class SplitDetector(Detector):
             x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255)
             x = transform.normalize(x)
             h, w = img.shape[:2]
-            scale = min(transform.min_size[-1] / min(h, w), transform.max_size / max(h, w))
-            if math.floor(h * scale) > height or math.floor(w * scale) > width:
-                scale = min(height / h, width / w)  # another aspect ratio than the engine's: letterbox
+            scale = resize_scale(self.model, w, h, self.input_size)
             x = nn.functional.interpolate(
                 x[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
             )[0]
