@@ -52,7 +52,7 @@ def gflops_per_frame(arch: str, frame_size: tuple[int, int]) -> float:
     rois = model.rpn.post_nms_top_n()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        DenseStage(model)(torch.zeros(1, 3, height, width))
+        DenseStage(model)(torch.zeros(1, height, width, 3))
         BoxHeadStage(model)(torch.zeros(rois, *roi_input_shape(model)))
     return counter.get_total_flops() / 1e9
 

@@ -30,16 +30,33 @@ PARTS: tuple[str, ...] = ("preprocess", "dense", "proposals", "roi_align", "box_
 GraphRunner = Callable[[Tensor], Sequence[Tensor]]
 
 
+#: The dense graph's input: float32 [batch, H, W, 3] RGB pixel values 0..255, as decoded (normalised in the graph).
+INPUT_LAYOUT = "NHWC-RGB-0-255"
+
+
 class DenseStage(nn.Module):
-    """Backbone (+FPN) and RPN head: normalized image batch -> (features..., objectness..., box deltas...)."""
+    """Normalisation, backbone (+FPN) and RPN head: pixel batch -> (features..., objectness..., box deltas...).
+
+    Normalisation is in the graph (one fused pass in the backend instead of three on the CPU); the input is the
+    decoded pixels, [N, H, W, 3] float 0..255 (see INPUT_LAYOUT).
+    """
 
     def __init__(self, model: FasterRCNN) -> None:
         super().__init__()
         self.backbone = model.backbone
         self.rpn_head = model.rpn.head
+        mean = torch.tensor(model.transform.image_mean, dtype=torch.float32)
+        std = torch.tensor(model.transform.image_std, dtype=torch.float32)
+        # (x / 255 - mean) / std as one multiply-add: x * scale + shift.
+        self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", (-mean / std).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        features = self.backbone(images)
+    def normalize(self, pixels: Tensor) -> Tensor:
+        """[N, H, W, 3] pixels 0..255 -> the normalised [N, 3, H, W] batch the backbone takes."""
+        return pixels.permute(0, 3, 1, 2) * self.scale + self.shift
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, ...]:
+        features = self.backbone(self.normalize(pixels))
         levels = [features] if isinstance(features, Tensor) else list(features.values())
         objectness, deltas = self.rpn_head(levels)
         return (*levels, *objectness, *deltas)
@@ -127,6 +144,7 @@ class SplitDetector(Detector):
         self._anchor_cache: tuple[tuple[tuple[int, ...], ...], list[Tensor]] | None = None
         #: Seconds spent per part (see PARTS) while not None: benchmarks/engine_profile.py sets it.
         self.timings: defaultdict[str, float] | None = None
+        self._pad: Tensor | None = None
 
     def _mark(self, part: str, started: float) -> float:
         now = time.perf_counter()
@@ -205,7 +223,7 @@ class SplitDetector(Detector):
     def _anchors(self, batch: Tensor, sizes: list[tuple[int, int]], levels: list[Tensor]) -> list[Tensor]:
         key = tuple(tuple(level.shape[-2:]) for level in levels)
         if self._anchor_cache is None or self._anchor_cache[0] != key:
-            one = ImageList(batch[:1], sizes[:1])
+            one = ImageList(batch[:1].permute(0, 3, 1, 2), sizes[:1])  # NCHW, as the generator reads sizes
             all_levels = self.model.rpn.anchor_generator(one, [level[:1] for level in levels])[0]
             counts = [level.shape[-2] * level.shape[-1] * self.model.rpn.anchor_generator.num_anchors_per_location()[i]
                       for i, level in enumerate(levels)]
@@ -213,21 +231,30 @@ class SplitDetector(Detector):
         return self._anchor_cache[1]
 
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[Tensor, list[tuple[int, int]]]:
-        """Normalize and resize like GeneralizedRCNNTransform; pad into the static input (letterbox if needed)."""
-        transform = self.model.transform
+        """The dense graph's input: frames resized like GeneralizedRCNNTransform, padded into the static input.
+
+        Frames the decoder already scaled to the engine's size (`frame_size_for`) are only copied in. Others are
+        resized here (bilinear, like torchvision; letterboxed if their aspect ratio differs). Padding holds the mean
+        pixel, which the graph's normalisation turns into the zeros torchvision pads with.
+        """
         height, width = self.input_size
-        batch = torch.zeros(len(images), 3, height, width)
+        if self._pad is None:
+            mean = torch.tensor(self.model.transform.image_mean, dtype=torch.float32) * 255.0
+            self._pad = mean
+        batch = torch.empty(len(images), height, width, 3)
+        batch[:] = self._pad
         sizes = []
         for i, img in enumerate(images):
-            x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255)
-            x = transform.normalize(x)
             h, w = img.shape[:2]
+            x = torch.from_numpy(np.ascontiguousarray(img))
             scale = resize_scale(self.model, w, h, self.input_size)
-            x = nn.functional.interpolate(
-                x[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
-            )[0]
-            batch[i, :, : x.shape[1], : x.shape[2]] = x
-            sizes.append((int(x.shape[1]), int(x.shape[2])))
+            if (w, h) != resized_size(self.model, w, h, self.input_size):
+                x = nn.functional.interpolate(
+                    x.permute(2, 0, 1)[None].float(), scale_factor=scale, mode="bilinear",
+                    recompute_scale_factor=True, align_corners=False,
+                )[0].permute(1, 2, 0)
+            batch[i, : x.shape[0], : x.shape[1]] = x
+            sizes.append((int(x.shape[0]), int(x.shape[1])))
         return batch, sizes
 
 

@@ -46,6 +46,9 @@ class CameraConfig(_Strict):
     read_timeout_s: float = Field(10.0, gt=0, description="A camera silent this long is declared offline.")
     realtime: bool = Field(False, description="Pace a file to its native frame rate, as if it were a camera.")
     max_fps: float | None = Field(None, gt=0, description="Detect at most this many frames per second.")
+    skip_frames: Literal["auto", "none", "nonref", "nonkey"] = Field(
+        "auto", description="Frames the decoder skips: auto = non-reference frames when max_fps <= half the frame "
+        "rate; nonkey = keyframes only (one detection per GOP). docs/performance.md gives the cost of each.")
 
     @field_validator("name")
     @classmethod

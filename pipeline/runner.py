@@ -8,6 +8,7 @@ A view stage between tracker and publisher keeps each camera's latest frame for 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -83,6 +84,7 @@ def source_spec(camera: CameraConfig, config: PipelineConfig) -> SourceSpec:
     return SourceSpec(
         camera.name, camera.url, dict(camera.options), camera.transport, camera.open_timeout_s, camera.read_timeout_s,
         camera.realtime, camera.max_fps, Backoff(r.initial_s, r.max_s, r.jitter, r.healthy_s),
+        skip_frames=camera.skip_frames,
     )
 
 
@@ -157,7 +159,8 @@ class Pipeline:
 
     def add_source(self, camera: CameraConfig) -> None:
         """Start reading a camera or file; its name must not be in use. RuntimeError once the pipeline is ending."""
-        spec = source_spec(camera, self.config)
+        # Frames are scaled to the engine's size as they are decoded (where the engine says which size it wants).
+        spec = dataclasses.replace(source_spec(camera, self.config), fit=self.detector.frame_size_for)
         with self._lock:
             if camera.name in self.sources:
                 raise ValueError(f"camera {camera.name!r} already exists")

@@ -150,6 +150,7 @@ class Batcher(Stage):
 
     def process(self, item: object) -> None:
         assert isinstance(item, Frame)
+        item.materialize()  # the one conversion, of frames that passed max_fps and the live queue
         if not self._pending:
             self._deadline = time.monotonic() + self.max_delay_s
         self._pending.append(item)

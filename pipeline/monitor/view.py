@@ -119,8 +119,10 @@ class LiveView:
             return None
         with cam.jpeg_lock:  # concurrent viewers encode each frame once
             if cam.jpeg_index != shown.index or cam.jpeg is None:
-                drawn = annotate(shown.image, shown.boxes, shown.scores, shown.labels, shown.track_ids,
-                                 self.label_names)
+                # Boxes are in source pixels; the image may be the engine-sized one the detector saw.
+                sx, sy = shown.width / shown.image.shape[1], shown.height / shown.image.shape[0]
+                boxes = shown.boxes / np.array([sx, sy, sx, sy], np.float32) if (sx, sy) != (1, 1) else shown.boxes
+                drawn = annotate(shown.image, boxes, shown.scores, shown.labels, shown.track_ids, self.label_names)
                 cam.jpeg, cam.jpeg_index = to_jpeg(drawn), shown.index
             return cam.jpeg, cam.jpeg_index
 
@@ -161,7 +163,8 @@ class ViewStage(Stage):
             self.view.update(result, age)
             if self.writer is not None and frame.image is not None:
                 det = result.detections
-                job = AnnotatedJob(frame.stream, frame.image, frame.pts, det.boxes, det.scores, det.labels,
+                job = AnnotatedJob(frame.stream, frame.image, frame.pts, frame.to_image(det.boxes), det.scores,
+                                   det.labels,
                                    result.track_ids)
                 # Files wait for the encoder (their video is complete); live cameras never do.
                 self.writer.submit(job, wait=not self.is_live(frame.stream), stop=self.ctx.discard)

@@ -26,8 +26,9 @@ from urllib.parse import urlsplit
 
 import av
 
-from pipeline.frame import Frame, StreamEnd
+from pipeline.frame import StreamEnd
 from pipeline.stage import RunContext
+from pipeline.sources.scaling import FitSize, make_frame, skip_frame_setting
 from pipeline.sources.urls import is_local_path, redact_url
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class SourceSpec:
     realtime: bool = False  # pace a file to its native frame rate (it then stands in for a camera)
     max_fps: float | None = None  # detect at most this many frames per second of this source
     backoff: Backoff = field(default_factory=Backoff)
+    fit: FitSize | None = None  # the engine's frame size for a source size: frames are scaled to it when decoded
+    skip_frames: str = "auto"  # what the decoder may skip at a low max_fps (pipeline/sources/scaling.py)
 
     @property
     def is_file(self) -> bool:
@@ -235,17 +238,20 @@ class VideoSource(threading.Thread):
         first_at: float | None = None
         pace_start: float | None = None
         decoded_here, pts = 0, 0.0
+        skip = skip_frame_setting(self.spec.skip_frames, self.spec.max_fps, rate)
+        if skip != "DEFAULT":
+            stream.codec_context.skip_frame = skip
+            log.info("%s: decoder skips %s frames (max_fps %s of %.1f fps)", self.label, skip, self.spec.max_fps, rate)
         try:
             for packet in container.demux(stream):
                 for av_frame in packet.decode():
-                    image = av_frame.to_ndarray(format="rgb24")
                     pts = float(av_frame.time) if av_frame.time is not None else decoded_here / rate
                     if self.spec.realtime:  # a file standing in for a camera: release frames at their pts
                         pace_start = pace_start if pace_start is not None else time.monotonic() - pts
                         wait = pace_start + pts - time.monotonic()
                         if wait > 0 and self.stop_event.wait(wait):
                             return first_at
-                    frame = Frame(self.spec.name, self.index, pts, time.time(), image)
+                    frame = make_frame(self.spec.name, self.index, pts, time.time(), av_frame, self.spec.fit)
                     self.index += 1
                     decoded_here += 1
                     self.ctx.count(self.spec.name, "decoded")
@@ -267,6 +273,8 @@ class VideoSource(threading.Thread):
         if self.spec.is_file:  # a file cut short often just ends early; compare with what its header promised
             declared_frames = stream.frames
             declared_s = container.duration / 1_000_000 if container.duration else 0.0
+            if skip != "DEFAULT":  # skipped frames are not a truncation
+                declared_frames, declared_s = 0, 0.0
             if declared_frames and decoded_here < declared_frames:
                 raise PermanentSourceError(
                     f"truncated or corrupt: decoded {decoded_here} of the {declared_frames} frames its header declares"
