@@ -129,6 +129,7 @@ class SplitDetector(Detector):
         backend: str,
         score_threshold: float = 0.5,
         max_batch: int | None = None,
+        glue_threads: int | None = 1,
     ) -> None:
         self.model = loaded.model.eval()
         self.arch = loaded.arch
@@ -144,7 +145,10 @@ class SplitDetector(Detector):
         self._anchor_cache: tuple[tuple[tuple[int, ...], ...], list[Tensor]] | None = None
         #: Seconds spent per part (see PARTS) while not None: benchmarks/engine_profile.py sets it.
         self.timings: defaultdict[str, float] | None = None
-        self._pad: Tensor | None = None
+        #: torch threads for the glue (proposals, RoIAlign, NMS): its ops are small, and on a busy machine handing
+        #: each one to a second thread costs more than it saves (measured: a 0.4 M-element cast takes 0.7 ms on one
+        #: thread, 25 ms on two when other processes hold the cores). The graphs keep the backend's threads.
+        self.glue_threads = glue_threads
 
     def _mark(self, part: str, started: float) -> float:
         now = time.perf_counter()
@@ -155,8 +159,14 @@ class SplitDetector(Detector):
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         step = self.max_batch or len(images) or 1
         results: list[Detections] = []
-        for i in range(0, len(images), step):
-            results.extend(self._detect_batch(images[i : i + step]))
+        threads = torch.get_num_threads()
+        if self.glue_threads:
+            torch.set_num_threads(self.glue_threads)
+        try:
+            for i in range(0, len(images), step):
+                results.extend(self._detect_batch(images[i : i + step]))
+        finally:
+            torch.set_num_threads(threads)
         return results
 
     @torch.inference_mode()
@@ -238,24 +248,22 @@ class SplitDetector(Detector):
         pixel, which the graph's normalisation turns into the zeros torchvision pads with.
         """
         height, width = self.input_size
-        if self._pad is None:
-            mean = torch.tensor(self.model.transform.image_mean, dtype=torch.float32) * 255.0
-            self._pad = mean
-        batch = torch.empty(len(images), height, width, 3)
-        batch[:] = self._pad
+        # numpy for the copy: a tiny multi-threaded torch op costs more in thread hand-off than it computes.
+        batch = np.empty((len(images), height, width, 3), np.float32)
+        batch[:] = np.asarray(self.model.transform.image_mean, np.float32) * 255.0
         sizes = []
         for i, img in enumerate(images):
             h, w = img.shape[:2]
-            x = torch.from_numpy(np.ascontiguousarray(img))
-            scale = resize_scale(self.model, w, h, self.input_size)
+            x = img
             if (w, h) != resized_size(self.model, w, h, self.input_size):
+                scale = resize_scale(self.model, w, h, self.input_size)
                 x = nn.functional.interpolate(
-                    x.permute(2, 0, 1)[None].float(), scale_factor=scale, mode="bilinear",
-                    recompute_scale_factor=True, align_corners=False,
-                )[0].permute(1, 2, 0)
+                    torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float(), scale_factor=scale,
+                    mode="bilinear", recompute_scale_factor=True, align_corners=False,
+                )[0].permute(1, 2, 0).numpy()
             batch[i, : x.shape[0], : x.shape[1]] = x
             sizes.append((int(x.shape[0]), int(x.shape[1])))
-        return batch, sizes
+        return torch.from_numpy(batch), sizes
 
 
 def torch_runners(model: FasterRCNN) -> tuple[GraphRunner, GraphRunner]:
