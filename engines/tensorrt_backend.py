@@ -218,6 +218,19 @@ class Int8Calibration:
         return _Calibrator()
 
 
+#: The TensorRT INT8 calibration cache of an export (benchmarks/gpu_check.sh writes it).
+INT8_CACHE_FILE = "tensorrt_int8.calib"
+
+
+def int8_calibration_cache(exported: ExportedModel) -> Int8Calibration:
+    """The export's INT8 calibration cache, for a build without calibration frames (the pipeline has none)."""
+    path = exported.directory / INT8_CACHE_FILE
+    if not path.is_file():
+        raise EngineError(f"engine.precision int8 with TensorRT needs the calibration cache {path}: make it once on "
+                          "this model with benchmarks/gpu_check.sh (it calibrates on synthetic frames), or use fp32")
+    return Int8Calibration([], path)
+
+
 def build_engine(
     onnx_path: str | Path,
     engine_dir: str | Path,

@@ -72,6 +72,9 @@ class EngineConfig(_Strict):
     score_threshold: float = Field(0.5, ge=0.0, le=1.0)
     threads: int | None = Field(None, ge=1, description="CPU threads for the engine (default: all cores).")
     device: str = "cpu"
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="int8: the calibrated INT8 dense graph, used only where its accuracy check accepted it "
+        "(python -m lab.quantize; docs/performance.md).")
     frame_size: tuple[int, int] = Field(
         (640, 360), description="(width, height) the accelerated engines are built for; other sizes are letterboxed."
     )
