@@ -57,7 +57,7 @@ def calibration_frames(videos: list[Path], frames: int, frame_size: tuple[int, i
                     if i % every == 0 and len(out) < frames:
                         out.append(frame.reformat(width, height, "rgb24", interpolation="AREA").to_ndarray())
         return out
-    scenes = max(1, frames // 25)
+    scenes = max(1, -(-frames // 25))  # 25 frames from each (every 10th of 250)
     for s in range(scenes):
         for i, (rgb, _) in enumerate(render_frames(SceneSpec(width=width, height=height, frames=250), seed + s)):
             if i % 10 == 0 and len(out) < frames:
