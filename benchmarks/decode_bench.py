@@ -88,7 +88,7 @@ def main() -> None:
                 rows.append((name, label, n, cpu / seconds_of_video))
     print(f"\n{args.size} synthetic scene, {args.frames} frames at {FPS} fps, GOP {args.gop}; process CPU time, best "
           f"of {args.repeats}; share = CPU seconds per second of video (1.00 = one core per camera).\n")
-    print("| stream | setting | frames decoded | CPU share per camera | cameras per core (decode only) |")
+    print("| stream | setting | frames decoded | CPU share per camera | cameras per core (decoder alone) |")
     print("|---|---|---:|---:|---:|")
     for name, label, n, share in rows:
         print(f"| {name} | {label} | {n}/{args.frames} | {share:.3f} | {1 / share:.1f} |")
