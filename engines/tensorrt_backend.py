@@ -288,9 +288,11 @@ def build_engine(
         config.set_flag(trt.BuilderFlag.FP16)
     else:
         config.clear_flag(trt.BuilderFlag.TF32)
+    calibrator = None
     if int8 is not None:
         config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = int8.calibrator(trt)
+        calibrator = int8.calibrator(trt)  # referenced until the build is done: TensorRT does not keep it alive
+        config.int8_calibrator = calibrator
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -320,6 +322,7 @@ def build_engine(
              onnx_path.name, precision, profile_dims, gpu)
     started = time.monotonic()
     serialized = builder.build_serialized_network(network, config)
+    del calibrator
     if serialized is None:
         raise EngineError(f"TensorRT failed to build an engine for {onnx_path}{_errors_since(trt, errors_before)}")
     _write_atomic(engine_path, memoryview(serialized))
