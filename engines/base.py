@@ -47,6 +47,13 @@ class Detector(ABC):
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detect objects in uint8 HxWx3 RGB images."""
 
+    def frame_size_for(self, width: int, height: int) -> tuple[int, int] | None:
+        """The (width, height) this engine resizes a `width` x `height` frame to, or None if it has no fixed rule.
+
+        The decoder scales frames straight to this size, so the engine does no resizing of its own.
+        """
+        return None
+
     def close(self) -> None:
         """Release backend resources."""
 

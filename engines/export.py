@@ -1,7 +1,7 @@
 """Export a Faster R-CNN as two ONNX graphs that TensorRT 10 and ONNX Runtime run (see engines/split.py).
 
-- `dense.onnx`: images [batch, 3, H, W] (normalized, static H x W, dynamic batch) -> per feature level: feature
-  map, RPN objectness, RPN box deltas.
+- `dense.onnx`: images [batch, H, W, 3] (RGB pixels 0..255, normalised in the graph; static H x W, dynamic batch)
+  -> per feature level: feature map, RPN objectness, RPN box deltas.
 - `box_head.onnx`: RoI-pooled features [rois, C, 7, 7] (dynamic rois) -> class logits, box deltas.
 - `manifest.json`: what the runtime needs to use them (arch, labels, input size, hashes).
 """
@@ -19,7 +19,7 @@ import torch
 
 from engines.base import EngineError
 from engines.models import LoadedModel
-from engines.split import BoxHeadStage, DenseStage, feature_names, input_size_for, roi_input_shape
+from engines.split import INPUT_LAYOUT, BoxHeadStage, DenseStage, feature_names, input_size_for, roi_input_shape
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def export_onnx(
     batch_axis = {name: {0: "batch"} for name in ["images", *outputs]}
     with torch.no_grad():
         torch.onnx.export(
-            DenseStage(model).eval(), (torch.zeros(2, 3, height, width),), str(out / DENSE_FILE),
+            DenseStage(model).eval(), (torch.zeros(2, height, width, 3),), str(out / DENSE_FILE),
             input_names=["images"], output_names=outputs, dynamic_axes=batch_axis,
             opset_version=OPSET, do_constant_folding=True, dynamo=False,
         )
@@ -90,6 +90,7 @@ def export_onnx(
         "arch": loaded.arch,
         "label_names": list(loaded.label_names),
         "input_size": [height, width],
+        "input_layout": INPUT_LAYOUT,
         "frame_size": list(frame_size),
         "feature_names": names,
         "roi_shape": list(roi_shape),
@@ -110,6 +111,9 @@ def load_exported(directory: str | Path) -> ExportedModel:
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise EngineError(f"{directory} holds no readable {MANIFEST_FILE}: export the model first") from exc
+    if manifest.get("input_layout") != INPUT_LAYOUT:
+        raise EngineError(f"{directory} holds an export from an older version (its dense graph takes normalised "
+                          f"NCHW images, this version feeds {INPUT_LAYOUT}): export the model again")
     exported = ExportedModel(directory, manifest)
     for path in (exported.dense_path, exported.box_head_path):
         if not path.is_file():

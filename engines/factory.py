@@ -29,13 +29,20 @@ def create_detector(
     frame_size: tuple[int, int] = (640, 360),
     max_batch: int = 8,
     cache_dir: Path | None = None,
+    precision: str = "fp32",
 ) -> Detector:
     """Build a detector. `frame_size` (width, height) fixes the accelerated backends' static input size.
 
     Without `weights`, the default architecture uses the weights shipped with the package. `weights` may also
     name torchvision's COCO weights of `arch` ("DEFAULT", "COCO_V1"), fetched once into the torch hub cache.
+    `precision` int8 needs an accepted INT8 calibration (python -m lab.quantize; TensorRT: a calibration cache,
+    benchmarks/gpu_check.sh).
     """
     backend = resolve_backend(backend)
+    if precision not in ("fp32", "int8"):
+        raise EngineError(f"unknown precision {precision!r}; choose fp32 or int8")
+    if precision == "int8" and backend == "torch":
+        raise EngineError("precision int8 needs backend onnxruntime or tensorrt, not torch")
     import torch
 
     from engines.models import build_model, default_weights
@@ -56,12 +63,13 @@ def create_detector(
         if backend == "onnxruntime":
             from engines.onnx_backend import create_onnxruntime_detector
 
-            detector = create_onnxruntime_detector(loaded, exported, score_threshold, threads)
+            detector = create_onnxruntime_detector(loaded, exported, score_threshold, threads, precision=precision)
         else:
-            from engines.tensorrt_backend import create_tensorrt_detector
+            from engines.tensorrt_backend import create_tensorrt_detector, int8_calibration_cache
 
             detector = create_tensorrt_detector(
-                loaded, exported, score_threshold, max_batch=max_batch, cache_dir=cache_dir or default_cache_dir()
+                loaded, exported, score_threshold, max_batch=max_batch, cache_dir=cache_dir or default_cache_dir(),
+                int8=int8_calibration_cache(exported) if precision == "int8" else None,
             )
     log.info("engine: %s backend, arch %s, %s", backend, arch,
              f"weights {weights} ({loaded.weights_file})" if weights else "untrained")

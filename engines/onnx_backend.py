@@ -8,6 +8,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor
 
+from engines.base import EngineError
 from engines.export import ExportedModel
 from engines.models import LoadedModel
 from engines.split import GraphRunner, SplitDetector
@@ -37,10 +38,22 @@ def _runner(session: ort.InferenceSession) -> GraphRunner:
     return run
 
 
+PRECISIONS: tuple[str, ...] = ("fp32", "int8")
+
+
 def create_onnxruntime_detector(
-    loaded: LoadedModel, exported: ExportedModel, score_threshold: float = 0.5, threads: int | None = None
+    loaded: LoadedModel, exported: ExportedModel, score_threshold: float = 0.5, threads: int | None = None,
+    precision: str = "fp32",
 ) -> SplitDetector:
-    dense = _session(str(exported.dense_path), threads)
+    """`precision` int8 runs the calibrated INT8 dense graph, if its accuracy check accepted it (engines/quantize.py)."""
+    if precision not in PRECISIONS:
+        raise EngineError(f"unknown precision {precision!r} for onnxruntime; choose one of: {', '.join(PRECISIONS)}")
+    dense_path = exported.dense_path
+    if precision == "int8":
+        from engines.quantize import int8_dense_path
+
+        dense_path = int8_dense_path(exported)
+    dense = _session(str(dense_path), threads)
     box_head = _session(str(exported.box_head_path), threads)
     return SplitDetector(
         loaded, _runner(dense), _runner(box_head), exported.input_size, "onnxruntime", score_threshold=score_threshold

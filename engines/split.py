@@ -9,7 +9,8 @@ dimension. docs/model.md describes the split.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+import time
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -22,20 +23,40 @@ from torchvision.models.detection.transform import resize_boxes
 from engines.base import Detections, Detector
 from engines.models import LoadedModel
 
+#: The parts of `SplitDetector.detect`, in order, as `timings` names them.
+PARTS: tuple[str, ...] = ("preprocess", "dense", "proposals", "roi_align", "box_head", "postprocess")
+
 #: Runs one exported graph: input tensor in, output tensors out (in the graph's output order).
 GraphRunner = Callable[[Tensor], Sequence[Tensor]]
 
 
+#: The dense graph's input: float32 [batch, H, W, 3] RGB pixel values 0..255, as decoded (normalised in the graph).
+INPUT_LAYOUT = "NHWC-RGB-0-255"
+
+
 class DenseStage(nn.Module):
-    """Backbone (+FPN) and RPN head: normalized image batch -> (features..., objectness..., box deltas...)."""
+    """Normalisation, backbone (+FPN) and RPN head: pixel batch -> (features..., objectness..., box deltas...).
+
+    Normalisation is in the graph (one fused pass in the backend instead of three on the CPU); the input is the
+    decoded pixels, [N, H, W, 3] float 0..255 (see INPUT_LAYOUT).
+    """
 
     def __init__(self, model: FasterRCNN) -> None:
         super().__init__()
         self.backbone = model.backbone
         self.rpn_head = model.rpn.head
+        mean = torch.tensor(model.transform.image_mean, dtype=torch.float32)
+        std = torch.tensor(model.transform.image_std, dtype=torch.float32)
+        # (x / 255 - mean) / std as one multiply-add: x * scale + shift.
+        self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", (-mean / std).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        features = self.backbone(images)
+    def normalize(self, pixels: Tensor) -> Tensor:
+        """[N, H, W, 3] pixels 0..255 -> the normalised [N, 3, H, W] batch the backbone takes."""
+        return pixels.permute(0, 3, 1, 2) * self.scale + self.shift
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, ...]:
+        features = self.backbone(self.normalize(pixels))
         levels = [features] if isinstance(features, Tensor) else list(features.values())
         objectness, deltas = self.rpn_head(levels)
         return (*levels, *objectness, *deltas)
@@ -71,6 +92,23 @@ def input_size_for(model: FasterRCNN, frame_width: int, frame_height: int) -> tu
     )
 
 
+def resize_scale(model: FasterRCNN, width: int, height: int, input_size: tuple[int, int] | None = None) -> float:
+    """GeneralizedRCNNTransform's resize factor for a frame; letterboxed into `input_size` (h, w) if it exceeds it."""
+    transform = model.transform
+    scale = min(transform.min_size[-1] / min(width, height), transform.max_size / max(width, height))
+    if input_size is not None and (math.floor(height * scale) > input_size[0] or math.floor(width * scale) > input_size[1]):
+        scale = min(input_size[0] / height, input_size[1] / width)  # another aspect ratio than the engine's
+    return scale
+
+
+def resized_size(
+    model: FasterRCNN, width: int, height: int, input_size: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """(width, height) of a frame after the model's resize: the size the decoder should deliver frames in."""
+    scale = resize_scale(model, width, height, input_size)
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
 def roi_input_shape(model: FasterRCNN) -> tuple[int, int, int]:
     """(channels, height, width) of one RoI-pooled feature, the box head's input."""
     channels = model.backbone.out_channels
@@ -91,6 +129,7 @@ class SplitDetector(Detector):
         backend: str,
         score_threshold: float = 0.5,
         max_batch: int | None = None,
+        glue_threads: int | None = 1,
     ) -> None:
         self.model = loaded.model.eval()
         self.arch = loaded.arch
@@ -104,34 +143,62 @@ class SplitDetector(Detector):
         self.max_batch = max_batch
         self.feature_names = feature_names(self.model)
         self._anchor_cache: tuple[tuple[tuple[int, ...], ...], list[Tensor]] | None = None
+        #: Seconds spent per part (see PARTS) while not None: benchmarks/engine_profile.py sets it.
+        self.timings: defaultdict[str, float] | None = None
+        #: torch threads for the glue (proposals, RoIAlign, NMS): its ops are small, and on a busy machine handing
+        #: each one to a second thread costs more than it saves (measured: a 0.4 M-element cast takes 0.7 ms on one
+        #: thread, 25 ms on two when other processes hold the cores). The graphs keep the backend's threads.
+        self.glue_threads = glue_threads
+
+    def _mark(self, part: str, started: float) -> float:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[part] += now - started
+        return now
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         step = self.max_batch or len(images) or 1
         results: list[Detections] = []
-        for i in range(0, len(images), step):
-            results.extend(self._detect_batch(images[i : i + step]))
+        threads = torch.get_num_threads()
+        if self.glue_threads:
+            torch.set_num_threads(self.glue_threads)
+        try:
+            for i in range(0, len(images), step):
+                results.extend(self._detect_batch(images[i : i + step]))
+        finally:
+            torch.set_num_threads(threads)
         return results
 
     @torch.inference_mode()
+    def frame_size_for(self, width: int, height: int) -> tuple[int, int] | None:
+        return resized_size(self.model, width, height, self.input_size)
+
     def _detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
             return []
+        t = time.perf_counter()
         batch, sizes = self.preprocess(images)
+        t = self._mark("preprocess", t)
         outputs = list(self.run_dense(batch))
+        t = self._mark("dense", t)
         n = len(self.feature_names)
         levels, objectness, deltas = outputs[:n], outputs[n : 2 * n], outputs[2 * n : 3 * n]
         roi_heads = self.model.roi_heads
         boxes = self._proposals(batch, sizes, levels, objectness, deltas)
+        t = self._mark("proposals", t)
         # The eval branch of RoIHeads.forward, with the box head in the backend.
         features = OrderedDict(zip(self.feature_names, levels))
         pooled = roi_heads.box_roi_pool(features, boxes, sizes)
+        t = self._mark("roi_align", t)
         class_logits, box_regression = self.run_box_head(pooled)
+        t = self._mark("box_head", t)
         det_boxes, det_scores, det_labels = roi_heads.postprocess_detections(class_logits, box_regression, boxes, sizes)
         results = []
         for img, b, s, l, size in zip(images, det_boxes, det_scores, det_labels, sizes):
             keep = s >= self.score_threshold
             b = resize_boxes(b[keep], size, img.shape[:2])
             results.append(Detections(b.numpy().astype(np.float32), s[keep].numpy(), l[keep].numpy().astype(np.int64)))
+        self._mark("postprocess", t)
         return results
 
     def _proposals(
@@ -166,7 +233,7 @@ class SplitDetector(Detector):
     def _anchors(self, batch: Tensor, sizes: list[tuple[int, int]], levels: list[Tensor]) -> list[Tensor]:
         key = tuple(tuple(level.shape[-2:]) for level in levels)
         if self._anchor_cache is None or self._anchor_cache[0] != key:
-            one = ImageList(batch[:1], sizes[:1])
+            one = ImageList(batch[:1].permute(0, 3, 1, 2), sizes[:1])  # NCHW, as the generator reads sizes
             all_levels = self.model.rpn.anchor_generator(one, [level[:1] for level in levels])[0]
             counts = [level.shape[-2] * level.shape[-1] * self.model.rpn.anchor_generator.num_anchors_per_location()[i]
                       for i, level in enumerate(levels)]
@@ -174,24 +241,29 @@ class SplitDetector(Detector):
         return self._anchor_cache[1]
 
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[Tensor, list[tuple[int, int]]]:
-        """Normalize and resize like GeneralizedRCNNTransform; pad into the static input (letterbox if needed)."""
-        transform = self.model.transform
+        """The dense graph's input: frames resized like GeneralizedRCNNTransform, padded into the static input.
+
+        Frames the decoder already scaled to the engine's size (`frame_size_for`) are only copied in. Others are
+        resized here (bilinear, like torchvision; letterboxed if their aspect ratio differs). Padding holds the mean
+        pixel, which the graph's normalisation turns into the zeros torchvision pads with.
+        """
         height, width = self.input_size
-        batch = torch.zeros(len(images), 3, height, width)
+        # numpy for the copy: a tiny multi-threaded torch op costs more in thread hand-off than it computes.
+        batch = np.empty((len(images), height, width, 3), np.float32)
+        batch[:] = np.asarray(self.model.transform.image_mean, np.float32) * 255.0
         sizes = []
         for i, img in enumerate(images):
-            x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255)
-            x = transform.normalize(x)
             h, w = img.shape[:2]
-            scale = min(transform.min_size[-1] / min(h, w), transform.max_size / max(h, w))
-            if math.floor(h * scale) > height or math.floor(w * scale) > width:
-                scale = min(height / h, width / w)  # another aspect ratio than the engine's: letterbox
-            x = nn.functional.interpolate(
-                x[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
-            )[0]
-            batch[i, :, : x.shape[1], : x.shape[2]] = x
-            sizes.append((int(x.shape[1]), int(x.shape[2])))
-        return batch, sizes
+            x = img
+            if (w, h) != resized_size(self.model, w, h, self.input_size):
+                scale = resize_scale(self.model, w, h, self.input_size)
+                x = nn.functional.interpolate(
+                    torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float(), scale_factor=scale,
+                    mode="bilinear", recompute_scale_factor=True, align_corners=False,
+                )[0].permute(1, 2, 0).numpy()
+            batch[i, : x.shape[0], : x.shape[1]] = x
+            sizes.append((int(x.shape[0]), int(x.shape[1])))
+        return torch.from_numpy(batch), sizes
 
 
 def torch_runners(model: FasterRCNN) -> tuple[GraphRunner, GraphRunner]:

@@ -171,6 +171,66 @@ def rois_profile(opt_batch: int, max_batch: int, post_nms_top_n: int) -> tuple[i
     return 1, max(1, min(opt_batch * OPT_ROIS_PER_IMAGE, max_rois)), max_rois
 
 
+class Int8Calibration:
+    """Frames for TensorRT's INT8 calibration of the dense graph, and the calibration cache file that keeps the result.
+
+    `batches` are dense-graph inputs ([N, H, W, 3] float pixels, all of one N). With a readable `cache_file` TensorRT
+    reads the scales from it and calibrates nothing (batches may then be empty); otherwise it runs the batches through
+    the network once and the cache is written, so later builds (other GPUs, other TensorRT 10 builds) reuse it.
+    """
+
+    def __init__(self, batches: Sequence[Tensor], cache_file: str | Path) -> None:
+        sizes = {int(b.shape[0]) for b in batches}
+        if len(sizes) > 1:
+            raise EngineError(f"INT8 calibration batches must all hold the same number of frames, got {sorted(sizes)}")
+        self.batches = list(batches)
+        self.batch_size = sizes.pop() if sizes else 1
+        self.cache_file = Path(cache_file)
+
+    def calibrator(self, trt: Any) -> Any:
+        """A trt.IInt8EntropyCalibrator2 over the batches (the calibrator TensorRT recommends for CNNs)."""
+        calibration = self
+
+        class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+            def __init__(self) -> None:
+                trt.IInt8EntropyCalibrator2.__init__(self)  # pybind11: the base must be initialised explicitly
+                self._next = 0
+                self._device: Tensor | None = None  # the current batch on the GPU, kept alive while TensorRT reads it
+
+            def get_batch_size(self) -> int:
+                return calibration.batch_size
+
+            def get_batch(self, names: list[str]) -> list[int] | None:
+                if self._next >= len(calibration.batches):
+                    return None  # no more batches: calibration ends
+                batch = calibration.batches[self._next]
+                self._next += 1
+                self._device = batch.to("cuda", dtype=torch.float32).contiguous()
+                return [int(self._device.data_ptr())]  # one device pointer per input, in `names` order (one input)
+
+            def read_calibration_cache(self) -> bytes | None:
+                path = calibration.cache_file
+                return path.read_bytes() if path.is_file() else None
+
+            def write_calibration_cache(self, cache: Any) -> None:
+                _write_atomic(calibration.cache_file, memoryview(cache))
+
+        return _Calibrator()
+
+
+#: The TensorRT INT8 calibration cache of an export (benchmarks/gpu_check.sh writes it).
+INT8_CACHE_FILE = "tensorrt_int8.calib"
+
+
+def int8_calibration_cache(exported: ExportedModel) -> Int8Calibration:
+    """The export's INT8 calibration cache, for a build without calibration frames (the pipeline has none)."""
+    path = exported.directory / INT8_CACHE_FILE
+    if not path.is_file():
+        raise EngineError(f"engine.precision int8 with TensorRT needs the calibration cache {path}: make it once on "
+                          "this model with benchmarks/gpu_check.sh (it calibrates on synthetic frames), or use fp32")
+    return Int8Calibration([], path)
+
+
 def build_engine(
     onnx_path: str | Path,
     engine_dir: str | Path,
@@ -179,6 +239,7 @@ def build_engine(
     max_batch: int,
     fp16: bool = True,
     workspace_gb: float = 2.0,
+    int8: Int8Calibration | None = None,
 ) -> Path:
     """Build (or reuse from `engine_dir`) a TensorRT engine of one exported graph; returns the engine file.
 
@@ -199,6 +260,11 @@ def build_engine(
     builder = trt.Builder(_logger(trt))
     use_fp16 = fp16 and bool(getattr(builder, "platform_has_fast_fp16", True))
     precision = "fp16" if use_fp16 else "fp32"
+    if int8 is not None:  # INT8 where TensorRT finds it faster, FP16 (if enabled) or FP32 elsewhere
+        if not int8.batches and not int8.cache_file.is_file():
+            raise EngineError(f"INT8 needs calibration frames or a calibration cache; {int8.cache_file} is missing")
+        calibration_id = file_sha256(int8.cache_file) if int8.cache_file.is_file() else f"{len(int8.batches)}b"
+        precision = f"int8-{precision}-{calibration_id[:12]}"
     if fp16 and not use_fp16:
         log.warning("this GPU has no fast FP16: building %s in FP32", onnx_path.name)
     profile_dims = (min_batch, opt_batch, max_batch)
@@ -222,6 +288,11 @@ def build_engine(
         config.set_flag(trt.BuilderFlag.FP16)
     else:
         config.clear_flag(trt.BuilderFlag.TF32)
+    calibrator = None
+    if int8 is not None:
+        config.set_flag(trt.BuilderFlag.INT8)
+        calibrator = int8.calibrator(trt)  # referenced until the build is done: TensorRT does not keep it alive
+        config.int8_calibrator = calibrator
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -232,6 +303,14 @@ def build_engine(
             )
         profile.set_shape(tensor.name, *[(n, *shape[1:]) for n in profile_dims])
     config.add_optimization_profile(profile)
+    if int8 is not None:
+        # Calibration runs at one shape: a profile whose min = opt = max is the calibration batch.
+        calibration_profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            shape = (int8.batch_size, *list(tensor.shape)[1:])
+            calibration_profile.set_shape(tensor.name, shape, shape, shape)
+        config.set_calibration_profile(calibration_profile)
 
     cache_file = timing_cache_path(engine_dir, trt.__version__, gpu)
     timing_cache = config.create_timing_cache(cache_file.read_bytes() if cache_file.is_file() else b"")
@@ -243,6 +322,7 @@ def build_engine(
              onnx_path.name, precision, profile_dims, gpu)
     started = time.monotonic()
     serialized = builder.build_serialized_network(network, config)
+    del calibrator
     if serialized is None:
         raise EngineError(f"TensorRT failed to build an engine for {onnx_path}{_errors_since(trt, errors_before)}")
     _write_atomic(engine_path, memoryview(serialized))
@@ -343,12 +423,13 @@ def create_tensorrt_detector(
     cache_dir: str | Path | None = None,
     fp16: bool = True,
     opt_batch: int | None = None,
+    int8: Int8Calibration | None = None,
 ) -> SplitDetector:
     """A SplitDetector running the exported dense graph and box head as TensorRT engines.
 
     Engines are built on first use (minutes) and cached in `cache_dir` (default: `tensorrt/` in the export
     directory). Batches above `max_batch` frames are run in chunks. `opt_batch` (default `max_batch`) is the batch
-    size TensorRT tunes its kernels for.
+    size TensorRT tunes its kernels for. `int8` (frames or a calibration cache) builds the dense engine in INT8.
     """
     require_tensorrt()
     if max_batch < 1:
@@ -360,7 +441,8 @@ def create_tensorrt_detector(
     cache = Path(cache_dir) if cache_dir is not None else exported.directory / "tensorrt"
     model = loaded.model.eval()
     post_nms_top_n = int(model.rpn.post_nms_top_n())  # the eval-mode value, since the model is in eval mode
-    dense_path = build_engine(exported.dense_path, cache, 1, opt_batch, max_batch, fp16=fp16)
+    # INT8 for the dense graph only (nearly all the FLOPs); the box head's logits stay in FP16/FP32.
+    dense_path = build_engine(exported.dense_path, cache, 1, opt_batch, max_batch, fp16=fp16, int8=int8)
     box_path = build_engine(exported.box_head_path, cache, *rois_profile(opt_batch, max_batch, post_nms_top_n), fp16=fp16)
     dense = TensorRTGraph(dense_path, _onnx_output_names(exported.dense_path))
     box_head = TensorRTGraph(box_path, _onnx_output_names(exported.box_head_path))

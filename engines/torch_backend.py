@@ -24,6 +24,11 @@ class TorchDetector(Detector):
         self.trained = loaded.trained
         self.score_threshold = score_threshold
 
+    def frame_size_for(self, width: int, height: int) -> tuple[int, int] | None:
+        from engines.split import resized_size
+
+        return resized_size(self.model, width, height)
+
     @torch.inference_mode()
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:

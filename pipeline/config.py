@@ -170,6 +170,9 @@ class CameraConfig(_Strict):
     max_fps: float | None = Field(None, gt=0, description="Detect at most this many frames per second.")
     zones: list[ZoneConfig] = Field(default_factory=list, description="Zones (docs/analytics.md).")
     lines: list[LineConfig] = Field(default_factory=list, description="Counting lines (docs/analytics.md).")
+    skip_frames: Literal["auto", "none", "nonref", "nonkey"] = Field(
+        "auto", description="Frames the decoder skips: auto = non-reference frames when max_fps <= half the frame "
+        "rate; nonkey = keyframes only (one detection per GOP). docs/performance.md gives the cost of each.")
 
     @field_validator("name")
     @classmethod
@@ -208,6 +211,9 @@ class EngineConfig(_Strict):
     score_threshold: float = Field(0.5, ge=0.0, le=1.0)
     threads: int | None = Field(None, ge=1, description="CPU threads for the engine (default: all cores).")
     device: str = "cpu"
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="int8: the calibrated INT8 dense graph, used only where its accuracy check accepted it "
+        "(python -m lab.quantize; docs/performance.md).")
     frame_size: tuple[int, int] = Field(
         (640, 360), description="(width, height) the accelerated engines are built for; other sizes are letterboxed."
     )

@@ -1,6 +1,7 @@
 """What flows between stages."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,13 +17,33 @@ class Frame:
     index: int  # 0-based count of frames decoded from this source
     pts: float  # presentation time in seconds, from the container
     capture_time: float  # wall clock (time.time()) when the frame left the decoder
-    image: np.ndarray | None  # uint8 HxWx3 RGB; released once detection is done
-    width: int = 0
+    image: np.ndarray | None  # uint8 HxWx3 RGB, what the detector sees; released once detection is done
+    width: int = 0  # source pixels: detections are published in these
     height: int = 0
+    #: Source pixels per image pixel (x, y): the decoder may scale the image down to the engine's size.
+    scale: tuple[float, float] = (1.0, 1.0)
+    #: Makes `image` on first use (pipeline/sources/scaling.py): frames dropped before detection are never converted.
+    pending: Callable[[], np.ndarray] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.image is not None and not self.width:
             self.height, self.width = self.image.shape[:2]
+
+    def materialize(self) -> np.ndarray | None:
+        """The image, converting the decoded picture now if that was deferred."""
+        if self.image is None and self.pending is not None:
+            self.image, self.pending = self.pending(), None
+        return self.image
+
+    def to_source(self, boxes: np.ndarray) -> np.ndarray:
+        """Boxes in image pixels -> source pixels."""
+        sx, sy = self.scale
+        return boxes if (sx, sy) == (1.0, 1.0) else boxes * np.array([sx, sy, sx, sy], np.float32)
+
+    def to_image(self, boxes: np.ndarray) -> np.ndarray:
+        """Boxes in source pixels -> image pixels (for drawing on the image)."""
+        sx, sy = self.scale
+        return boxes if (sx, sy) == (1.0, 1.0) else boxes / np.array([sx, sy, sx, sy], np.float32)
 
 
 @dataclass

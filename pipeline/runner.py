@@ -8,6 +8,7 @@ A view stage between tracker and publisher keeps each camera's latest frame for 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -85,7 +86,7 @@ def source_spec(camera: CameraConfig, config: PipelineConfig, start_after: int |
     return SourceSpec(
         camera.name, camera.url, dict(camera.options), camera.transport, camera.open_timeout_s, camera.read_timeout_s,
         camera.realtime, camera.max_fps, Backoff(r.initial_s, r.max_s, r.jitter, r.healthy_s), camera.format,
-        start_after,
+        start_after, skip_frames=camera.skip_frames,
     )
 
 
@@ -175,7 +176,8 @@ class Pipeline:
         """Start reading a camera or file; its name must not be in use. RuntimeError once the pipeline is ending.
 
         `start_after` (files): skip the frames up to this index, already published by an earlier run (resume)."""
-        spec = source_spec(camera, self.config, start_after)
+        # Frames are scaled to the engine's size as they are decoded (where the engine says which size it wants).
+        spec = dataclasses.replace(source_spec(camera, self.config, start_after), fit=self.detector.frame_size_for)
         problems = check_labels(camera, self.detector.label_names)
         if problems:
             raise ConfigError(f"camera {camera.name!r}: " + "; ".join(problems))

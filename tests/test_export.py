@@ -55,7 +55,8 @@ def _liven_mobilenet(loaded: LoadedModel) -> None:
     """
     model = loaded.model
     size = input_size_for(model, 640, 360)
-    calib = SplitDetector(loaded, *torch_runners(model), size, "calibration").preprocess(_frames(4, seed=7))[0]
+    pixels = SplitDetector(loaded, *torch_runners(model), size, "calibration").preprocess(_frames(4, seed=7))[0]
+    calib = DenseStage(model).normalize(pixels)
     for bn in (m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)):
         bn.reset_running_stats()
         bn.momentum = None  # a plain average over the calibration batch
@@ -116,7 +117,7 @@ def test_graphs_are_valid_onnx_of_operators_tensorrt10_parses(case: Case) -> Non
 def test_only_dim0_is_dynamic_and_the_image_size_is_static(case: Case) -> None:
     height, width = case.exported.input_size
     dense, box_head = (model for _, model in _graphs(case))
-    assert static_shape(dense, "images") == [None, 3, height, width]
+    assert static_shape(dense, "images") == [None, height, width, 3]  # pixels, normalised in the graph
     assert dynamic_dims(dense)["images"] == [(0, "batch")]
     assert dynamic_dims(box_head)["pooled"] == [(0, "rois")]
     for name, model, dim0 in (("dense.onnx", dense, "batch"), ("box_head.onnx", box_head, "rois")):

@@ -289,7 +289,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         e = config.engine
         detector = create_detector(e.backend, e.arch, e.weights, e.score_threshold, e.threads, e.device,
-                                   e.frame_size, max_batch=config.batching.max_batch)
+                                   e.frame_size, max_batch=config.batching.max_batch, precision=e.precision)
         pipeline = Pipeline(config, detector, bus.client, until_sources_end=not args.keep_running,
                             annotated_dir=args.save_annotated, redis_where=bus.display_url, resume_after=resume_after)
         if config.server.enabled:

@@ -10,14 +10,19 @@ live ones are replaced by fresher ones, instead of ageing in batches built ahead
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import av
+
 from pipeline.frame import END, Batch, Frame, StreamEnd
 from pipeline.stage import Channel, RunContext, Stage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -150,6 +155,12 @@ class Batcher(Stage):
 
     def process(self, item: object) -> None:
         assert isinstance(item, Frame)
+        try:
+            item.materialize()  # the one conversion, of frames that passed max_fps and the live queue
+        except (ValueError, av.FFmpegError) as exc:  # one bad picture costs its frame, not the batch or other cameras
+            log.warning("camera %r: frame %d could not be converted (%s); dropped", item.stream, item.index, exc)
+            self.ctx.drop([item], "picture could not be converted")
+            return
         if not self._pending:
             self._deadline = time.monotonic() + self.max_delay_s
         self._pending.append(item)

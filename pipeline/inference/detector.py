@@ -111,10 +111,13 @@ class DetectorStage(Stage):
 
     def process(self, item: object) -> None:
         assert isinstance(item, Batch)
-        images = [f.image for f in item.frames]
+        images = [f.materialize() for f in item.frames]
         started = time.perf_counter()
         detections = self.engine.detect(images)  # type: ignore[arg-type]
         latency = time.perf_counter() - started
+        # The decoder may have scaled the images to the engine's size: publish boxes in source pixels.
+        detections = [d if f.scale == (1.0, 1.0) else Detections(f.to_source(d.boxes), d.scores, d.labels)
+                      for f, d in zip(item.frames, detections)]
         self.batch_latencies_s.append(latency)
         if len(detections) != len(item.frames):
             raise RuntimeError(f"engine returned {len(detections)} results for {len(item.frames)} frames")

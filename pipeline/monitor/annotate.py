@@ -52,12 +52,16 @@ def line_width(width: int, height: int) -> int:
 
 def annotate(
     image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, track_ids: np.ndarray,
-    label_names: Sequence[str], overlay: Overlay | None = None,
+    label_names: Sequence[str], overlay: Overlay | None = None, scale: tuple[float, float] = (1.0, 1.0),
 ) -> torch.Tensor:
     """The frame (uint8 HxWx3 RGB) with each detection's box and `label #track score` drawn, over the camera's
-    zones and lines if it has any; uint8 3xHxW."""
+    zones and lines if it has any; uint8 3xHxW. Boxes and zones are in source pixels, `scale` source pixels per
+    image pixel (x, y): the image may be the engine-sized one the detector saw."""
+    sx, sy = scale
     if overlay is not None:
-        image = draw_overlay(image, overlay)
+        image = draw_overlay(image, overlay, scale)
+    if (sx, sy) != (1.0, 1.0):
+        boxes = np.asarray(boxes, np.float32) / np.array([sx, sy, sx, sy], np.float32)
     tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     if len(boxes) == 0:
         return tensor
@@ -76,19 +80,23 @@ def annotate(
 ZONE_COLOUR, CROWDED_COLOUR, LINE_COLOUR = (0, 200, 80), (255, 40, 40), (255, 255, 255)
 
 
-def draw_overlay(image: np.ndarray, overlay: Overlay) -> np.ndarray:
+def draw_overlay(image: np.ndarray, overlay: Overlay, scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
     """Zones shaded with their name and occupancy (red when overcrowded); lines with an arrow pointing to their
-    `in` side and their in/out totals. Returns a new uint8 HxWx3 array."""
+    `in` side and their in/out totals. Points are in source pixels (`scale`: source pixels per image pixel).
+    Returns a new uint8 HxWx3 array."""
+    sx, sy = scale
     base = Image.fromarray(np.ascontiguousarray(image)).convert("RGBA")
     shade = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(shade)
     width = line_width(base.width, base.height)
-    for name, points, occupancy, crowded in overlay.zones:
+    for name, source_points, occupancy, crowded in overlay.zones:
+        points = [(x / sx, y / sy) for x, y in source_points]
         colour = CROWDED_COLOUR if crowded else ZONE_COLOUR
         draw.polygon(points, fill=(*colour, 60), outline=(*colour, 255), width=width)
         x, y = min(points, key=lambda p: (p[1], p[0]))
         draw.text((x + 3, y + 2), f"{name}: {occupancy}", fill=(*colour, 255), stroke_width=1, stroke_fill=(0, 0, 0, 255))
     for name, ((ax, ay), (bx, by)), total_in, total_out in overlay.lines:
+        ax, ay, bx, by = ax / sx, ay / sy, bx / sx, by / sy
         draw.line([(ax, ay), (bx, by)], fill=(*LINE_COLOUR, 255), width=width)
         length = max(float(np.hypot(bx - ax, by - ay)), 1e-6)
         nx, ny = -(by - ay) / length, (bx - ax) / length  # towards the line's right: the `in` side
@@ -129,6 +137,7 @@ class AnnotatedJob:
     labels: np.ndarray
     track_ids: np.ndarray
     overlay: Overlay | None = None
+    scale: tuple[float, float] = (1.0, 1.0)  # source pixels per image pixel (boxes and zones are in source pixels)
 
 
 @dataclass
@@ -283,7 +292,8 @@ class AnnotatedVideoWriter(threading.Thread):
             out = self._outputs[job.camera] = _Output(self._next_path(job.camera), w, h)
             self._stats(job.camera).files.append(str(out.path))
             log.info("camera %r: writing annotated video to %s", job.camera, out.path)
-        drawn = annotate(job.image, job.boxes, job.scores, job.labels, job.track_ids, self.label_names, job.overlay)
+        drawn = annotate(job.image, job.boxes, job.scores, job.labels, job.track_ids, self.label_names, job.overlay,
+                          job.scale)
         out.write(drawn.permute(1, 2, 0).numpy()[:h, :w], job.pts)
         self._stats(job.camera).written += 1
 

@@ -37,8 +37,9 @@ from urllib.parse import urlsplit
 import av
 import numpy as np
 
-from pipeline.frame import Frame, StreamEnd
+from pipeline.frame import StreamEnd
 from pipeline.stage import RunContext
+from pipeline.sources.scaling import FitSize, make_frame, skip_frame_setting
 from pipeline.sources.urls import guess_format, is_local_path, redact_url
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ class SourceSpec:
     backoff: Backoff = field(default_factory=Backoff)
     format: str | None = None  # FFmpeg input format; None: guessed from the URL (guess_format), else probed
     start_after: int | None = None  # files: frames up to this index were published before (resume); skip them
+    fit: FitSize | None = None  # the engine's frame size for a source size: frames are scaled to it when decoded
+    skip_frames: str = "auto"  # what the decoder may skip at a low max_fps (pipeline/sources/scaling.py)
 
     @property
     def input_format(self) -> str | None:
@@ -319,6 +322,10 @@ class VideoSource(threading.Thread):
         first_at: float | None = None
         pace_start: float | None = None
         decoded_here, pts = 0, 0.0
+        skip = skip_frame_setting(self.spec.skip_frames, self.spec.max_fps, rate)
+        if skip != "DEFAULT":
+            stream.codec_context.skip_frame = skip
+            log.info("%s: decoder skips %s frames (max_fps %s of %.1f fps)", self.label, skip, self.spec.max_fps, rate)
         try:
             for packet in container.demux(stream):
                 for av_frame in packet.decode():
@@ -327,13 +334,13 @@ class VideoSource(threading.Thread):
                         self.index += 1  # published by an earlier run: decoded only to reach the next frame
                         decoded_here += 1
                         continue
-                    image = _to_rgb(av_frame, pixel_aspect)
                     if self.spec.realtime:  # a file standing in for a camera: release frames at their pts
                         pace_start = pace_start if pace_start is not None else time.monotonic() - pts
                         wait = pace_start + pts - time.monotonic()
                         if wait > 0 and self.stop_event.wait(wait):
                             return first_at
-                    frame = Frame(self.spec.name, self.index, pts, time.time(), image)
+                    frame = make_frame(self.spec.name, self.index, pts, time.time(), av_frame, self.spec.fit,
+                                       _display_width(av_frame, pixel_aspect))
                     self.index += 1
                     decoded_here += 1
                     self.ctx.count(self.spec.name, "decoded")
@@ -355,6 +362,8 @@ class VideoSource(threading.Thread):
         if self.spec.is_file:  # a file cut short often just ends early; compare with what its header promised
             declared_frames = stream.frames
             declared_s = container.duration / 1_000_000 if container.duration else 0.0
+            if skip != "DEFAULT":  # skipped frames are not a truncation
+                declared_frames, declared_s = 0, 0.0
             if declared_frames and decoded_here < declared_frames:
                 raise PermanentSourceError(
                     f"truncated or corrupt: decoded {decoded_here} of the {declared_frames} frames its header declares"
@@ -436,12 +445,11 @@ def _pixel_aspect(stream: av.video.stream.VideoStream) -> Fraction | None:
     return Fraction(sar.numerator, sar.denominator)
 
 
-def _to_rgb(av_frame: av.VideoFrame, pixel_aspect: Fraction | None) -> np.ndarray:
-    """RGB pixels of a frame; non-square pixels are resampled to square ones (display width, height kept)."""
+def _display_width(av_frame: av.VideoFrame, pixel_aspect: Fraction | None) -> int | None:
+    """The width in square pixels of a stream whose pixels are not square (height kept); None when they are."""
     if pixel_aspect is None:
-        return av_frame.to_ndarray(format="rgb24")
-    width = max(2, round(av_frame.width * pixel_aspect / 2) * 2)
-    return av_frame.to_ndarray(format="rgb24", width=width, height=av_frame.height)
+        return None
+    return max(2, round(av_frame.width * pixel_aspect / 2) * 2)
 
 
 def _describe(container: av.container.InputContainer) -> str:

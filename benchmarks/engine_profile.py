@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Where the engine's time goes: per-part milliseconds per frame of the ONNX Runtime engine, at batch 1 and 4.
+
+    python benchmarks/engine_profile.py [--frames 48] [--repeats 3] [--precision fp32|int8]
+
+Parts: preprocess (resize + normalise, or only the uint8 -> tensor copy once they are in the graph), dense
+(backbone + RPN head graph), proposals, roi_align, box_head (graph), postprocess. Also the dense graph alone on the
+same batches, and the ratio engine fps / dense-alone fps (the share of the time the network itself takes). The
+machine is shared: figures are the best of --repeats passes, and only ratios within one run are comparable.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engines.export import export_onnx  # noqa: E402
+from engines.models import build_model  # noqa: E402
+from engines.onnx_backend import create_onnxruntime_detector  # noqa: E402
+from engines.split import PARTS, SplitDetector  # noqa: E402
+from lab.synth import SceneSpec, render_frames  # noqa: E402
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "engines" / "weights" / "fasterrcnn_lite.pt"
+
+
+def profile(detector: SplitDetector, frames: list[np.ndarray], batch: int, repeats: int) -> dict[str, float]:
+    """Best-of-`repeats` ms per frame for each part, the total, and the dense graph alone."""
+    detector.detect(frames[:batch])  # warm-up
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        detector.timings = defaultdict(float)
+        started = time.perf_counter()
+        for i in range(0, len(frames), batch):
+            detector.detect(frames[i : i + batch])
+        total = time.perf_counter() - started
+        timings, detector.timings = detector.timings, None
+        if total * 1000 / len(frames) < best.get("total", float("inf")):
+            best = {part: timings[part] * 1000 / len(frames) for part in PARTS}
+            best["total"] = total * 1000 / len(frames)
+    inputs = [detector.preprocess(frames[i : i + batch])[0] for i in range(0, len(frames), batch)]
+    detector.run_dense(inputs[0])
+    dense_alone = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for x in inputs:
+            detector.run_dense(x)
+        dense_alone = min(dense_alone, (time.perf_counter() - started) * 1000 / len(frames))
+    best["dense_alone"] = dense_alone
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--frames", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1100, help="held-out scene seed (training uses < 1000)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    torch.set_num_threads(args.threads)
+    frame_size = (640, 360)
+    frames = [rgb for rgb, _ in render_frames(SceneSpec(width=640, height=360, frames=args.frames), seed=args.seed)]
+    loaded = build_model("fasterrcnn_lite", args.weights if args.weights.is_file() else None)
+    exported = export_onnx(loaded, tempfile.mkdtemp(prefix="rpn-profile-"), frame_size)
+    detector = create_onnxruntime_detector(loaded, exported, 0.5, threads=args.threads)
+    # What the pipeline feeds the engine: frames the decoder scaled to the engine's size (swscale, as in
+    # pipeline/sources/scaling.py). The 640x360 rows show an engine that resizes for itself.
+    w, h = detector.frame_size_for(*frame_size) or frame_size
+    scaled = [av.VideoFrame.from_ndarray(f, format="rgb24").reformat(w, h, interpolation="AREA").to_ndarray()
+              for f in frames]
+    rows = [(f"{w}x{h} (decoder-scaled)", batch, profile(detector, scaled, batch, args.repeats)) for batch in (1, 4)]
+    rows += [("640x360 (resized in the engine)", batch, profile(detector, frames, batch, args.repeats))
+             for batch in (1, 4)]
+    print(f"\nfasterrcnn_lite, onnxruntime, {len(frames)} held-out synthetic frames 640x360, {args.threads} threads, "
+          f"best of {args.repeats}; ms per frame.\n")
+    print("| frames | batch | " + " | ".join(PARTS) + " | total | engine fps | dense alone fps "
+          "| engine / dense-alone |")
+    print("|---|---:|" + "---:|" * (len(PARTS) + 4))
+    for frames_kind, batch, p in rows:
+        cells = " | ".join(f"{p[part]:.2f}" for part in PARTS)
+        print(f"| {frames_kind} | {batch} | {cells} | {p['total']:.2f} | {1000 / p['total']:.1f} | {1000 / p['dense_alone']:.1f} "
+              f"| {p['dense_alone'] / p['total']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
