@@ -172,12 +172,18 @@ class Pipeline:
             self._all_added = True
         self._end_if_idle()
 
+    def _fit(self, width: int, height: int) -> tuple[int, int] | None:
+        """The engine's size for a source frame when it is smaller: the decoder scales down, never up (a small camera
+        keeps its own pixels for the live view and annotated video; the engine enlarges it as before)."""
+        size = self.detector.frame_size_for(width, height)
+        return size if size is not None and size[0] <= width and size[1] <= height else None
+
     def add_source(self, camera: CameraConfig, start_after: int | None = None) -> None:
         """Start reading a camera or file; its name must not be in use. RuntimeError once the pipeline is ending.
 
         `start_after` (files): skip the frames up to this index, already published by an earlier run (resume)."""
-        # Frames are scaled to the engine's size as they are decoded (where the engine says which size it wants).
-        spec = dataclasses.replace(source_spec(camera, self.config, start_after), fit=self.detector.frame_size_for)
+        # Frames are scaled down to the engine's size as they are decoded (where the engine says which size it wants).
+        spec = dataclasses.replace(source_spec(camera, self.config, start_after), fit=self._fit)
         problems = check_labels(camera, self.detector.label_names)
         if problems:
             raise ConfigError(f"camera {camera.name!r}: " + "; ".join(problems))
