@@ -40,7 +40,9 @@ setup(
     extras_require={
         "tensorrt": ["tensorrt>=10,<11"],
         # trustme: throwaway CA and certificates for the TLS tests against a real redis-server.
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "httpx>=0.27", "trustme>=1.1", "import-linter>=2.1"],
+        # hypothesis and schemathesis: fuzzed configs, URLs and HTTP requests (tests/test_fuzz_*.py, make chaos).
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "httpx>=0.27", "trustme>=1.1", "import-linter>=2.1",
+                "hypothesis>=6.100", "schemathesis>=4"],
         # `eval-tracking` compares our tracker with the trackers package's ByteTrack and OC-SORT.
         "eval": ["trackers>=2"],
     },

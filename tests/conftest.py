@@ -95,3 +95,15 @@ def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None)
         [sys.executable, str(ROOT / "run_pipeline.py"), *args],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "system_deps: needs system packages (tests/system_deps.py)")
+
+
+@pytest.fixture(autouse=True)
+def _required_system_deps(request: pytest.FixtureRequest) -> None:
+    """Under RPN_REQUIRE_SYSTEM_DEPS=1 a test whose system package is missing fails (tests/system_deps.py)."""
+    marker = request.node.get_closest_marker("system_deps")
+    if marker is not None and "missing" in marker.kwargs:
+        pytest.fail(f"{marker.kwargs['missing']} (RPN_REQUIRE_SYSTEM_DEPS is set: missing system packages fail)")

@@ -21,8 +21,9 @@ from pipeline.events.contract import detections_key, events_key
 from pipeline.runner import Pipeline
 from tests.conftest import ROOT
 from tests.rtsp import GSTREAMER_MISSING, RtspServer, gstreamer_available, make_camera_file
+from tests.system_deps import needs_system
 
-pytestmark = pytest.mark.skipif(not gstreamer_available(), reason=GSTREAMER_MISSING)
+pytestmark = needs_system(gstreamer_available(), GSTREAMER_MISSING)
 
 FAST_RECONNECT = {"initial_s": 0.2, "max_s": 1.0, "jitter": 0.2, "healthy_s": 0.5}
 

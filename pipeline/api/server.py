@@ -12,8 +12,10 @@ import secrets
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pipeline.config import CameraConfig, validation_message
 from pipeline.runner import Pipeline, source_spec
 from pipeline.sources.decoder import SourceError, check_source
+from pipeline.sources.urls import is_local_path
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,58 @@ def _page() -> str:
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+AUTH_FAILURES_ALLOWED = 20  # failed authentications per client address within AUTH_WINDOW_S; beyond: 429
+AUTH_WINDOW_S = 60.0
+
+
+class AuthLimiter:
+    """Failed authentications per client address in a sliding window. A limited address gets 429 for every request,
+    right token or not, until the window has passed: otherwise guessing would go on at full speed."""
+
+    def __init__(self, allowed: int = AUTH_FAILURES_ALLOWED, window_s: float = AUTH_WINDOW_S) -> None:
+        self.allowed, self.window_s = allowed, window_s
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, client: str) -> float:
+        """Seconds until `client` may try again; 0 when it may now."""
+        with self._lock:
+            times = self._failures.get(client)
+            if times is None:
+                return 0.0
+            now = time.monotonic()
+            while times and now - times[0] > self.window_s:
+                times.popleft()
+            if not times:
+                del self._failures[client]
+                return 0.0
+            return self.window_s - (now - times[0]) if len(times) >= self.allowed else 0.0
+
+    def failed(self, client: str) -> int:
+        """Record a failure; the number within the window."""
+        with self._lock:
+            if len(self._failures) > 10_000:  # many addresses: forget the oldest rather than grow without bound
+                self._failures.pop(next(iter(self._failures)))
+            times = self._failures.setdefault(client, deque(maxlen=self.allowed))
+            times.append(time.monotonic())
+            return len(times)
+
+
+def media_path_refusal(url: str, roots: list[Path]) -> str | None:
+    """Why the API may not open this local path (None when it may): it must lie, symlinks resolved, under one of
+    `server.media_roots`. Network URLs are always fine."""
+    if not is_local_path(url):
+        return None
+    try:
+        path = Path(url.removeprefix("file:")).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte
+        return f"cannot resolve the path: {exc}"
+    if not roots:
+        return "local files are not allowed through the API (no server.media_roots configured)"
+    for root in roots:
+        if path.is_relative_to(root.resolve()):
+            return None
+    return f"the path is outside server.media_roots ({', '.join(str(r) for r in roots)})"
 
 
 def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
@@ -44,13 +99,23 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
     )
     expected = token.encode() if token else None
     page = _page()
+    limiter = AuthLimiter()
 
     def authorized(request: Request) -> None:
         if expected is None:
             return
+        client = request.client.host if request.client else "unknown"
+        wait = limiter.retry_after(client)
+        if wait > 0:
+            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                                f"too many failed authentications from {client}: retry in {wait:.0f} s",
+                                headers={"Retry-After": str(int(wait) + 1)})
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         # compare_digest: the comparison takes as long whatever prefix matches, so timing reveals nothing.
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected):
+            failures = limiter.failed(client)  # logged without the token given: it may be a near miss
+            log.warning("API: failed authentication from %s on %s %s (%d in %.0f s)", client, request.method,
+                        request.url.path, failures, limiter.window_s)
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})
 
@@ -127,6 +192,10 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
         file, unknown host). A camera that is merely offline is accepted and retried."""
         if camera.name in pipeline.listed_cameras():
             raise HTTPException(status.HTTP_409_CONFLICT, f"camera {camera.name!r} already exists")
+        refusal = media_path_refusal(camera.url, pipeline.config.server.media_roots)
+        if refusal is not None:
+            log.warning("API: camera %r refused: %s", camera.name, refusal)
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"camera {camera.name!r}: {refusal}")
         try:
             check_source(source_spec(camera, pipeline.config))
         except SourceError as exc:
