@@ -228,7 +228,7 @@ def load_config(
         try:
             data = yaml.safe_load(os.path.expandvars(text)) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{where}: not valid YAML: {_yaml_reason(exc)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: the top level must be a mapping (cameras:, engine:, ...)")
         token = api_token or api_token_from_env()
@@ -239,6 +239,13 @@ def load_config(
         return PipelineConfig.model_validate(data or {})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(where, exc)) from exc
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """One line: the problem and where. PyYAML's own message quotes the offending line, which may hold a password."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
 def api_token_from_env() -> str | None:
@@ -262,7 +269,8 @@ def api_token_from_env() -> str | None:
 def format_validation_error(where: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        # A key with a line break or control character is quoted: one line per problem, whatever the file holds.
+        key = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err["loc"]) or "(top level)"
         lines.append(f"{where}: {key}: {validation_message(err)}")
     return "\n".join(lines)
 
