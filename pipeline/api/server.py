@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from pipeline.config import CameraConfig, validation_message
 from pipeline.runner import Pipeline, source_spec
@@ -37,6 +37,19 @@ def _page() -> str:
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+OPEN_PATHS = ("/", "/healthz")  # need no token: liveness, and the static page (its scripts send the token)
+# Documented in the OpenAPI schema (tests/test_fuzz_api.py checks every response against it): {"detail": reason}.
+_DETAIL = {"content": {"application/json": {"schema": {
+    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}}}}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": what, **_DETAIL} for code, what in (
+        (400, "Bad request (the reason)"), (401, "Missing or wrong bearer token"), (403, "Not allowed (the reason)"),
+        (404, "Not found"), (409, "Conflict"), (429, "Too many failed authentications"),
+        (503, "Not ready or stopping (the reason)"))
+}
+ERROR_RESPONSES[422] = {"description": "Invalid request: one line per problem, and pydantic's errors", "content": {
+    "application/json": {"schema": {"type": "object", "required": ["detail", "errors"], "properties": {
+        "detail": {"type": "string"}, "errors": {"type": "array", "items": {"type": "object"}}}}}}}
 AUTH_FAILURES_ALLOWED = 20  # failed authentications per client address within AUTH_WINDOW_S; beyond: 429
 AUTH_WINDOW_S = 60.0
 
@@ -96,6 +109,7 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
     app = FastAPI(
         title="rpn-pipeline", summary="Control, health, metrics and live view of a running pipeline",
         docs_url=None, redoc_url=None, openapi_url=None,  # the Swagger/ReDoc pages load from a CDN: docs/api.md
+        responses=ERROR_RESPONSES,
     )
     expected = token.encode() if token else None
     page = _page()
@@ -120,6 +134,18 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
                                 headers={"WWW-Authenticate": "Bearer"})
 
     auth = [Depends(authorized)]
+
+    if expected is not None:
+        @app.middleware("http")
+        async def token_first(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            # Before routing and body parsing: otherwise a caller without the token gets 422/400 for a malformed
+            # body, 405 or 404, which the fuzzing of tests/test_fuzz_api.py found. The route dependencies stay.
+            if request.url.path not in OPEN_PATHS:
+                try:
+                    authorized(request)
+                except HTTPException as denied:
+                    return JSONResponse({"detail": denied.detail}, denied.status_code, headers=denied.headers)
+            return await call_next(request)
 
     if expected is None:
         @app.middleware("http")
@@ -149,7 +175,8 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", dependencies=auth)
+    @app.get("/readyz", dependencies=auth, responses={503: {"description": "Not ready: the reasons", "content": {
+        "application/json": {"schema": {"type": "object", "required": ["ready", "reasons"]}}}}})
     def readyz() -> JSONResponse:
         """Readiness: the engine runs and Redis takes the results (or the publisher buffers within its bound)."""
         reasons = []
@@ -168,7 +195,7 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
         }
         return JSONResponse(body, status_code=status.HTTP_200_OK if not reasons else 503)
 
-    @app.get("/metrics", dependencies=auth)
+    @app.get("/metrics", dependencies=auth, response_class=PlainTextResponse)
     def metrics() -> Response:
         data, content_type = pipeline.metrics.exposition()
         return Response(data, media_type=content_type)
@@ -219,7 +246,8 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
         log.info("API: camera %r removed", name)
         return _camera_json(pipeline, name, cfg)
 
-    @app.get("/api/cameras/{name}/frame.jpg", dependencies=auth)
+    @app.get("/api/cameras/{name}/frame.jpg", dependencies=auth, response_class=Response, responses={
+        200: {"content": {"image/jpeg": {}}, "description": "JPEG"}, 304: {"description": "Not modified"}})
     def frame_jpeg(name: str, request: Request) -> Response:
         """The camera's newest processed frame with boxes, labels and track ids drawn. ETag: the frame index."""
         _listed(pipeline, name)
