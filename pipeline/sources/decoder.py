@@ -265,6 +265,8 @@ class VideoSource(threading.Thread):
                 f"truncated or corrupt: reading failed after {decoded_here} frames ({_reason(exc)})"
             ) from exc
         if self.spec.is_file:  # a file cut short often just ends early; compare with what its header promised
+            if not decoded_here:  # e.g. an empty raw .h264 file: FFmpeg opens it and finds nothing (video fuzzing)
+                raise PermanentSourceError("truncated or corrupt: not a single frame could be decoded")
             declared_frames = stream.frames
             declared_s = container.duration / 1_000_000 if container.duration else 0.0
             if declared_frames and decoded_here < declared_frames:
