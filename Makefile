@@ -49,6 +49,7 @@ test: $(STAMP) system-deps
 # The long fault loops and fuzzers behind docs/reliability.md (about 25 minutes; `make test` runs short versions).
 chaos: $(STAMP) system-deps
 	$(PY) -m tests.chaos.redis_chaos --kills 50 --hangs 10 --empty --max-down 10 --cameras 3
+	$(PY) -m tests.chaos.net_partition --partitions 20 --max-down 8
 	$(PY) -m tests.chaos.video_fuzz --variants 600 --seed 1
 	RPN_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz_config.py
 	RPN_FUZZ_EXAMPLES=300 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz_api.py

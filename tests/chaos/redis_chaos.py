@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                 assert run.proc.poll() is None, f"the pipeline exited during the faults:\n{run.stderr[-3000:]}"
             time.sleep(3)
             run.signal(signal.SIGTERM)
+            stop_at = time.monotonic()
             rc = run.wait(120)
+            stop_s = time.monotonic() - stop_at  # the drain (drain_timeout_s 10) and the flush, under load
             stderr = run.stderr
         report = json.loads(summary.read_text())
         pub = report["publisher"]
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             reasons.update(s.get("drop_reasons", {}))
         result = {
             "faults": dict(faults), "seconds": round(time.monotonic() - started), "exit": rc,
+            "sigterm_to_exit_s": round(stop_s, 1),
             "delivered": pub["delivered_entries"], "in_redis": in_redis, "duplicates": found["duplicates"],
             "reordered": found["reordered"], "frames_accounted": accounted,
             "frame_drops": dict(reasons), "publisher_drops": pub.get("dropped_by_reason", {}),

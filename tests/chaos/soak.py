@@ -114,14 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     rss_growth = max(r["rss_mb"] for r in warm) - warm[0]["rss_mb"]  # type: ignore[operator]
     threads = [r["threads"] for r in warm]
     fds = [r["fds"] for r in warm]
-    ok = (rc == 0 and rss_growth < RSS_GROWTH_MB and max(threads) - min(threads) <= SLACK_THREADS  # type: ignore
-          and max(fds) - min(fds) <= SLACK_FDS and not violations)  # type: ignore[operator]
+    # Flat: the counts move with reconnects and the camera added and removed, but do not trend upwards: the
+    # highest of the last third is no higher than the highest of the first third, within a small slack.
+    third = max(1, len(warm) // 3)
+    threads_trend = max(threads[-third:]) - max(threads[:third])  # type: ignore[type-var,operator]
+    fds_trend = max(fds[-third:]) - max(fds[:third])  # type: ignore[type-var,operator]
+    ok = (rc == 0 and rss_growth < RSS_GROWTH_MB and threads_trend <= SLACK_THREADS and fds_trend <= SLACK_FDS
+          and not violations)
     print(f"\n| minutes | cycles | RSS after warm-up | RSS growth | threads | open fds | queue-bound violations | "
           f"exit |\n|---|---|---|---|---|---|---|---|\n| {args.minutes:g} | {len(rows)} | {warm[0]['rss_mb']} MB | "
-          f"{rss_growth} MB (< {RSS_GROWTH_MB}) | {min(threads)}-{max(threads)} | {min(fds)}-{max(fds)} | "
+          f"{rss_growth} MB (< {RSS_GROWTH_MB}) | {min(threads)}-{max(threads)} (trend {threads_trend:+d}) | "
+          f"{min(fds)}-{max(fds)} (trend {fds_trend:+d}) | "
           f"{len(violations)} | {rc} |")
     for v in violations[:10]:
         print("violation:", v)
+    print("promises held" if ok else "PROMISE FAILED")
     return 0 if ok else 1
 
 
