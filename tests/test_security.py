@@ -3,7 +3,6 @@
 the token. The Redis ACLs of docs/deploy.md are tested in tests/test_redis_auth_tls.py."""
 from __future__ import annotations
 
-import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path

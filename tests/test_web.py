@@ -16,7 +16,6 @@ from pathlib import Path
 import av
 import httpx
 import numpy as np
-import pytest
 from PIL import Image
 
 from engines.models import SYNTH_LABELS

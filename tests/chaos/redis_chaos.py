@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 before = redis.Redis(port=old.port, decode_responses=True)
                 lost_found = check_streams(before, "chaos", names)
                 lost = int(lost_found["entries"]) + int(lost_found["events"])  # type: ignore[call-overload]
+                found["duplicates"] += lost_found["duplicates"]  # type: ignore[operator]
+                found["reordered"] += lost_found["reordered"]  # type: ignore[operator]
                 for key in [detections_key("chaos", n) for n in names] + [events_key("chaos")]:
                     last_old, first_new = before.xrevrange(key, count=1), client.xrange(key, count=1)
                     if last_old and first_new and _id(first_new[0][0]) <= _id(last_old[0][0]):
