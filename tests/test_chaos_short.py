@@ -26,3 +26,5 @@ def test_redis_kills_hangs_and_an_empty_restart_lose_nothing_acknowledged(tmp_pa
     assert found["backwards_logged"] >= 1  # the empty restart was noticed and logged, per stream
     assert found["lost_in_empty_restart"] > 0 and found["mixed"] == 0  # the gap is what it lost, nothing mixed
     assert found["in_redis"] + found["lost_in_empty_restart"] == found["delivered"]  # exactly once
+    # Drop-oldest, end to end: two live cameras on 2 cores fall behind; what is dropped is counted with its reason.
+    assert set(found["frame_drops"]) <= {"engine busy: oldest frame dropped", "stopped before processing"}

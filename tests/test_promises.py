@@ -170,3 +170,19 @@ def test_help_of_every_subcommand() -> None:
         result = run_cli(command, "--help")
         assert result.returncode == 0 and result.stdout.startswith(f"usage: "), (command, result.stderr)
         assert f" {command}" in result.stdout.splitlines()[0], command
+
+
+def test_max_fps_from_a_config_file_drops_the_excess_with_its_reason(
+    make_video: Callable[..., Path], tmp_path: Path, redis_url: str, rclient: redis.Redis, prefix: str
+) -> None:
+    config = tmp_path / "p.yaml"
+    config.write_text(f"cameras: [{{name: slow, url: '{make_video(50, seed=101)}', realtime: true, max_fps: 2}}]\n")
+    summary = tmp_path / "summary.json"
+    result = run_cli("run", "--config", str(config), "--redis-url", redis_url, "--prefix", prefix,
+                     "--summary-json", str(summary), timeout=300)
+    assert result.returncode == 0, result.stderr
+    s = json.loads(summary.read_text())["streams"]["slow"]
+    # 2 s of video at 25 fps, detected at most twice a second: most frames skipped, each counted with the reason.
+    assert s["decoded"] == 50 and s["published"] + s["dropped"] == 50
+    assert s["drop_reasons"].get("over the camera's max_fps", 0) >= 30, s
+    assert rclient.xlen(detections_key(prefix, "slow")) == s["published"]
