@@ -31,6 +31,7 @@ from pipeline.stage import RunContext
 from pipeline.sources.urls import is_local_path, redact_url
 
 log = logging.getLogger(__name__)
+MAX_FRAME_SIDE = 8192  # wider or taller frames come from corrupt headers: refused, not decoded at 100+ MB each
 
 
 class SourceError(Exception):
@@ -238,6 +239,10 @@ class VideoSource(threading.Thread):
         try:
             for packet in container.demux(stream):
                 for av_frame in packet.decode():
+                    if max(av_frame.width, av_frame.height) > MAX_FRAME_SIDE:  # a corrupt header (video fuzzing):
+                        error = PermanentSourceError if self.spec.is_file else SourceError  # 113 MB frames, slowly
+                        raise error(f"truncated or corrupt: frame size {av_frame.width}x{av_frame.height} beyond "
+                                    f"{MAX_FRAME_SIDE} px")
                     image = av_frame.to_ndarray(format="rgb24")
                     pts = float(av_frame.time) if av_frame.time is not None else decoded_here / rate
                     if self.spec.realtime:  # a file standing in for a camera: release frames at their pts
