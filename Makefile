@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps test-data tud-data demo test bench clean
+.PHONY: install system-deps test-data tud-data demo test bench chaos soak clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,18 @@ tud-data: $(STAMP)
 # `system-deps` (GStreamer, redis-server 7, Chromium), the footage tests `test-data`, the tracker evaluation `tud-data`.
 test: $(STAMP) system-deps test-data tud-data
 	RPN_TUD_DIR=$(TUD_DIR) $(PY) -m pytest
+
+# The long fault loops and fuzzers behind docs/reliability.md (about 25 minutes; `make test` runs short versions).
+chaos: $(STAMP) system-deps
+	$(PY) -m tests.chaos.redis_chaos --kills 50 --hangs 10 --empty --max-down 10 --cameras 3
+	$(PY) -m tests.chaos.net_partition --partitions 20 --max-down 8
+	$(PY) -m tests.chaos.video_fuzz --variants 600 --seed 1
+	RPN_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz_config.py
+	RPN_FUZZ_EXAMPLES=300 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz_api.py
+
+# 15 minutes of cameras restarting and coming and going: memory, threads, files and queues stay flat (not in CI).
+soak: $(STAMP) system-deps
+	$(PY) -m tests.chaos.soak --minutes 15
 
 bench: $(STAMP)
 	$(PY) benchmarks/pipeline_bench.py

@@ -43,7 +43,9 @@ setup(
         # trustme: throwaway CA and certificates for the TLS tests against a real redis-server.
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "httpx>=0.27", "trustme>=1.1", "import-linter>=2.1",
                 # tests/test_k8s_manifests.py: offline schema validation of deploy/k8s.
-                "kubernetes-validate>=1.30"],
+                "kubernetes-validate>=1.30",
+                # hypothesis and schemathesis: fuzzed configs, URLs and HTTP requests (tests/test_fuzz_*.py, make chaos).
+                "hypothesis>=6.100", "schemathesis>=4"],
         # `eval-tracking` compares our tracker with the trackers package's ByteTrack, OC-SORT and BoT-SORT and uses its
         # metrics (CLEAR, Identity, HOTA); `make install`/`make test` install it (tests/test_tracker_regimes.py).
         # eval-analytics compares our line counting with supervision's LineZone.

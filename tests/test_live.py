@@ -2,6 +2,7 @@
 bad camera URLs, and cameras added and removed while the pipeline runs."""
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ import redis
 from engines import Detector
 from pipeline.inference.batcher import CameraQueues
 from pipeline.config import CameraConfig, load_config
-from pipeline.events.contract import events_key
+from pipeline.events.contract import detections_key, events_key
 from pipeline.frame import END, Frame, StreamEnd
 from pipeline.runner import Pipeline
 from pipeline.stage import RunContext
@@ -129,9 +130,15 @@ def test_cameras_added_and_removed_at_runtime(make_video: Callable[..., Path], d
     _run_until(pipeline, lambda: pipeline.ctx.streams["a"].published > 5, timeout=30)
     assert pipeline.remove_source("a")
     assert pipeline.camera_names() == []
+    removed_at = pipeline.ctx.streams["a"].published
     pipeline.add_source(CameraConfig(name="a", url=str(long_video), realtime=True))  # the name is free again
-    _run_until(pipeline, lambda: pipeline.camera_names() == ["a"], timeout=5)
+    # The re-added camera really runs: a new reader publishes more frames, and only one reader exists.
+    _run_until(pipeline, lambda: pipeline.ctx.streams["a"].published > removed_at + 5, timeout=60)
+    assert pipeline.camera_names() == ["a"] and pipeline.is_running("a")
+    assert [t.name for t in threading.enumerate()].count("source-a") == 1
     pipeline.request_stop()
     assert pipeline.wait(timeout=30)
     s = pipeline.report().streams["a"]
     assert s["decoded"] == s["published"] + s["dropped"]
+    frames = [int(f["frame"]) for _, f in rclient.xrange(detections_key(prefix, "a"))]
+    assert len(frames) == s["published"], frames

@@ -19,8 +19,9 @@ from pipeline.runner import Pipeline
 from tests.conftest import run_cli
 from tests.redis_servers import DEBIAN_REDIS, DEBIAN_REDIS_MISSING, RedisProcess, Tls, debian_redis_available, \
     free_port, validate_streams
+from tests.system_deps import needs_system
 
-pytestmark = pytest.mark.skipif(not debian_redis_available(), reason=DEBIAN_REDIS_MISSING)
+pytestmark = needs_system(debian_redis_available(), DEBIAN_REDIS_MISSING)
 
 DEFAULT_PW = "default-Pw-7731"
 APP_PW = "app-Secret-4409"

@@ -1,6 +1,7 @@
 """Live RTSP cameras served by a real GStreamer RTSP server: outages, hangs, runtime add/remove, config reload."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -21,8 +22,9 @@ from pipeline.events.contract import detections_key, events_key
 from pipeline.runner import Pipeline
 from tests.conftest import ROOT
 from tests.rtsp import GSTREAMER_MISSING, RtspServer, gstreamer_available, make_camera_file
+from tests.system_deps import needs_system
 
-pytestmark = pytest.mark.skipif(not gstreamer_available(), reason=GSTREAMER_MISSING)
+pytestmark = needs_system(gstreamer_available(), GSTREAMER_MISSING)
 
 FAST_RECONNECT = {"initial_s": 0.2, "max_s": 1.0, "jitter": 0.2, "healthy_s": 0.5}
 
@@ -68,6 +70,9 @@ def test_camera_outages_reconnect_with_one_event_pair_each_while_others_continue
         for outage in range(10):
             flaky.kill()
             wait_for(lambda: stats["flaky"].state == "offline", 5, f"outage {outage} noticed")
+            for other in ("steady", "file"):  # the others go on during every outage (an event, not a gap in s)
+                before = stats[other].published
+                wait_for(lambda: stats[other].published > before, 30, f"{other} publishing during outage {outage}")
             time.sleep(0.3)  # down for a moment: attempts fail and back off
             flaky.restart()
             restarted = time.monotonic()
@@ -85,8 +90,6 @@ def test_camera_outages_reconnect_with_one_event_pair_each_while_others_continue
     assert camera_events(rclient, prefix, "steady") == [("starting", "connecting"), ("connecting", "online")]
     for name in ("steady", "file"):  # the others went on through every outage
         entries = rclient.xrange(detections_key(prefix, name))
-        stamps = [float(f["publish_ts"]) for _, f in entries]
-        assert max(b - a for a, b in zip(stamps, stamps[1:])) < 1.0, f"{name} stalled"
         frames = [int(f["frame"]) for _, f in entries]
         assert frames == sorted(frames)
     file_frames = [int(f["frame"]) for _, f in rclient.xrange(detections_key(prefix, "file"))]
@@ -188,6 +191,8 @@ def test_udp_transport(camera_file: Path, detector: Detector, rclient: redis.Red
         pipeline = Pipeline(config, detector, rclient, until_sources_end=False)
         pipeline.start()
         wait_for(lambda: pipeline.ctx.streams["udp"].published >= 10, 30, "frames over UDP")
+        # UDP was used: this process holds RTP/RTCP sockets on UDP while receiving (TCP interleaves them instead).
+        assert len(udp_sockets_of_this_process()) >= 2
         pipeline.request_stop()
         assert pipeline.wait(timeout=30)
 
@@ -232,3 +237,18 @@ def test_wrong_path_is_retried_with_a_clear_error(camera_file: Path, detector: D
         assert pipeline.wait(timeout=30)
     assert stats["typo"].error is not None and stats["typo"].error.startswith("cannot open:")
     assert stats["typo"].state == "stopped" and stats["typo"].decoded == 0
+
+
+def udp_sockets_of_this_process() -> set[str]:
+    """Inodes of the UDP sockets this process has open (/proc/net/udp{,6} matched against /proc/self/fd)."""
+    udp = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            udp |= {line.split()[9] for line in list(f)[1:]}
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                mine.add(target[8:-1])
+    return mine & udp

@@ -14,8 +14,9 @@ import av.error
 import pytest
 
 from tests.rtsp import GSTREAMER_MISSING, RtspServer, gstreamer_available, make_camera_file, rtsp_options
+from tests.system_deps import needs_system
 
-needs_gst = pytest.mark.skipif(not gstreamer_available(), reason=GSTREAMER_MISSING)
+needs_gst = needs_system(gstreamer_available(), GSTREAMER_MISSING)
 
 READ_TIMEOUT = 2.0
 TIME_BASE = 1 / 90000  # RTP video clock

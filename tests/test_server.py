@@ -21,6 +21,7 @@ from pipeline.runner import Pipeline
 from pipeline.api.server import ApiServer
 from tests.conftest import run_cli
 from tests.rtsp import GSTREAMER_MISSING, RtspServer, gstreamer_available, make_camera_file
+from tests.system_deps import needs_system
 
 FAST_RECONNECT = {"initial_s": 0.2, "max_s": 1.0, "jitter": 0.2, "healthy_s": 0.5}
 
@@ -57,7 +58,7 @@ def serving(pipeline: Pipeline, token: str | None = None) -> Iterator[httpx.Clie
         assert pipeline.wait(timeout=30)
 
 
-@pytest.mark.skipif(not gstreamer_available(), reason=GSTREAMER_MISSING)
+@needs_system(gstreamer_available(), GSTREAMER_MISSING)
 def test_api_adds_an_rtsp_camera_sees_it_online_in_list_and_metrics_and_removes_it(
     tmp_path: Path, detector: Detector, rclient: redis.Redis, prefix: str
 ) -> None:
@@ -128,7 +129,9 @@ def test_token_is_required_and_bad_cameras_are_refused_with_the_reason(
     make_video: Callable[..., Path], tmp_path: Path, detector: Detector, rclient: redis.Redis, prefix: str
 ) -> None:
     token = "t0ken-for-tests"
-    pipeline = Pipeline(load_config(data={"redis": {"prefix": prefix}}), detector, rclient, until_sources_end=False)
+    roots = [str(tmp_path), str(make_video(10).parent)]  # the API opens local files only under server.media_roots
+    config = load_config(data={"redis": {"prefix": prefix}, "server": {"media_roots": roots}})
+    pipeline = Pipeline(config, detector, rclient, until_sources_end=False)
     with serving(pipeline, token) as http:
         bare = httpx.Client(base_url=str(http.base_url), timeout=30)
         wrong = httpx.Client(base_url=str(http.base_url), headers={"Authorization": "Bearer nope"}, timeout=30)

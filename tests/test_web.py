@@ -16,15 +16,15 @@ from pathlib import Path
 import av
 import httpx
 import numpy as np
-import pytest
 from PIL import Image
 
 from engines.models import SYNTH_LABELS
 from pipeline.monitor.annotate import label_colour, line_width
 from tests.browser import CHROMIUM_MISSING, find_chromium, screenshot
 from tests.conftest import ROOT
+from tests.system_deps import needs_system
 
-pytestmark = pytest.mark.skipif(find_chromium() is None, reason=CHROMIUM_MISSING)
+pytestmark = needs_system(find_chromium() is not None, CHROMIUM_MISSING)
 
 FRAMES, WIDTH, HEIGHT = 30, 320, 240  # small enough to show at natural size in a tile (min 360 px wide)
 

@@ -12,21 +12,24 @@ import secrets
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import uvicorn
 from fastapi import Body, Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from pydantic import ValidationError
 
 from pipeline.config import AnalyticsConfig, CameraConfig, check_labels, validation_message
 from pipeline.runner import Pipeline, source_spec
 from pipeline.sources.decoder import SourceError, check_source
+from pipeline.sources.urls import is_local_path
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +39,108 @@ def _page() -> str:
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+OPEN_PATHS = ("/", "/healthz")  # need no token: liveness, and the static page (its scripts send the token)
+# Documented in the OpenAPI schema (tests/test_fuzz_api.py checks every response against it): {"detail": reason}.
+_DETAIL = {"content": {"application/json": {"schema": {
+    "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}}}}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": what, **_DETAIL} for code, what in (
+        (400, "Bad request (the reason)"), (401, "Missing or wrong bearer token"), (403, "Not allowed (the reason)"),
+        (404, "Not found"), (409, "Conflict"), (429, "Too many failed authentications"),
+        (503, "Not ready or stopping (the reason)"))
+}
+ERROR_RESPONSES[422] = {"description": "Invalid request: one line per problem, and pydantic's errors", "content": {
+    "application/json": {"schema": {"type": "object", "required": ["detail", "errors"], "properties": {
+        "detail": {"type": "string"}, "errors": {"type": "array", "items": {"type": "object"}}}}}}}
+AUTH_FAILURES_ALLOWED = 20  # failed authentications per client address within AUTH_WINDOW_S; beyond: 429
+AUTH_WINDOW_S = 60.0
+
+
+class AuthLimiter:
+    """Failed authentications per client address in a sliding window. A limited address gets 429 for every request,
+    right token or not, until the window has passed: otherwise guessing would go on at full speed."""
+
+    def __init__(self, allowed: int = AUTH_FAILURES_ALLOWED, window_s: float = AUTH_WINDOW_S) -> None:
+        self.allowed, self.window_s = allowed, window_s
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, client: str) -> float:
+        """Seconds until `client` may try again; 0 when it may now."""
+        with self._lock:
+            times = self._failures.get(client)
+            if times is None:
+                return 0.0
+            now = time.monotonic()
+            while times and now - times[0] > self.window_s:
+                times.popleft()
+            if not times:
+                del self._failures[client]
+                return 0.0
+            return self.window_s - (now - times[0]) if len(times) >= self.allowed else 0.0
+
+    def failed(self, client: str) -> int:
+        """Record a failure; the number within the window."""
+        with self._lock:
+            if len(self._failures) > 10_000:  # many addresses: forget the oldest rather than grow without bound
+                self._failures.pop(next(iter(self._failures)))
+            times = self._failures.setdefault(client, deque(maxlen=self.allowed))
+            times.append(time.monotonic())
+            return len(times)
+
+
+def media_path_refusal(url: str, roots: list[Path]) -> str | None:
+    """Why the API may not open this local path (None when it may): it must lie, symlinks resolved, under one of
+    `server.media_roots`. Network URLs are always fine."""
+    if not is_local_path(url):
+        return None
+    try:
+        path = Path(url.removeprefix("file:")).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte
+        return f"cannot resolve the path: {exc}"
+    if not roots:
+        return "local files are not allowed through the API (no server.media_roots configured)"
+    for root in roots:
+        if path.is_relative_to(root.resolve()):
+            return None
+    return f"the path is outside server.media_roots ({', '.join(str(r) for r in roots)})"
 
 
 def install_auth(app: FastAPI, token: str | None) -> list[Any]:
     """Bearer-token checks (or, without a token, loopback Host names only) and readable 422s; returns the route
     dependencies that require the token. Shared by the pipeline's and the cluster controller's API."""
     expected = token.encode() if token else None
+    limiter = AuthLimiter()
 
     def authorized(request: Request) -> None:
         if expected is None:
             return
+        client = request.client.host if request.client else "unknown"
+        wait = limiter.retry_after(client)
+        if wait > 0:
+            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                                f"too many failed authentications from {client}: retry in {wait:.0f} s",
+                                headers={"Retry-After": str(int(wait) + 1)})
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         # compare_digest: the comparison takes as long whatever prefix matches, so timing reveals nothing.
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected):
+            failures = limiter.failed(client)  # logged without the token given: it may be a near miss
+            log.warning("API: failed authentication from %s on %s %s (%d in %.0f s)", client, request.method,
+                        request.url.path, failures, limiter.window_s)
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})
+
+    if expected is not None:
+        @app.middleware("http")
+        async def token_first(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            # Before routing and body parsing: otherwise a caller without the token gets 422/400 for a malformed
+            # body, 405 or 404, which the fuzzing of tests/test_fuzz_api.py found. The route dependencies stay.
+            if request.url.path not in OPEN_PATHS:
+                try:
+                    authorized(request)
+                except HTTPException as denied:
+                    return JSONResponse({"detail": denied.detail}, denied.status_code, headers=denied.headers)
+            return await call_next(request)
 
     if expected is None:
         @app.middleware("http")
@@ -79,6 +169,7 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
     app = FastAPI(
         title="rpn-pipeline", summary="Control, health, metrics and live view of a running pipeline",
         docs_url=None, redoc_url=None, openapi_url=None,  # the Swagger/ReDoc pages load from a CDN: docs/api.md
+        responses=ERROR_RESPONSES,
     )
     page = _page()
     auth = install_auth(app, token)
@@ -92,7 +183,8 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", dependencies=auth)
+    @app.get("/readyz", dependencies=auth, responses={503: {"description": "Not ready: the reasons", "content": {
+        "application/json": {"schema": {"type": "object", "required": ["ready", "reasons"]}}}}})
     def readyz() -> JSONResponse:
         """Readiness: the engine runs and Redis takes the results (or the publisher buffers within its bound)."""
         reasons = []
@@ -111,7 +203,7 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
         }
         return JSONResponse(body, status_code=status.HTTP_200_OK if not reasons else 503)
 
-    @app.get("/metrics", dependencies=auth)
+    @app.get("/metrics", dependencies=auth, response_class=PlainTextResponse)
     def metrics() -> Response:
         data, content_type = pipeline.metrics.exposition()
         return Response(data, media_type=content_type)
@@ -135,6 +227,10 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
         format, missing file, unknown host). A camera that is merely offline is accepted and retried."""
         if camera.name in pipeline.listed_cameras():
             raise HTTPException(status.HTTP_409_CONFLICT, f"camera {camera.name!r} already exists")
+        refusal = media_path_refusal(camera.url, pipeline.config.server.media_roots)
+        if refusal is not None:
+            log.warning("API: camera %r refused: %s", camera.name, refusal)
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"camera {camera.name!r}: {refusal}")
         if problems := check_labels(camera, pipeline.detector.label_names):
             raise HTTPException(status.HTTP_400_BAD_REQUEST, f"camera {camera.name!r}: {'; '.join(problems)}")
         try:
@@ -160,7 +256,8 @@ def create_app(pipeline: Pipeline, token: str | None = None) -> FastAPI:
         log.info("API: camera %r removed", name)
         return _camera_json(pipeline, name, cfg)
 
-    @app.get("/api/cameras/{name}/frame.jpg", dependencies=auth)
+    @app.get("/api/cameras/{name}/frame.jpg", dependencies=auth, response_class=Response, responses={
+        200: {"content": {"image/jpeg": {}}, "description": "JPEG"}, 304: {"description": "Not modified"}})
     def frame_jpeg(name: str, request: Request) -> Response:
         """The camera's newest processed frame with boxes, labels and track ids drawn. ETag: the frame index."""
         _listed(pipeline, name)

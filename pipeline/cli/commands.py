@@ -19,7 +19,7 @@ import redis
 from engines import ARCHS, BACKENDS, EngineError, create_detector
 from pipeline.cli.model_commands import HEAVY_COMMANDS, classes_arg, register
 from pipeline.events.bus import Bus, connect, default_embedded_db, last_published_frame
-from pipeline.config import API_TOKEN_ENV, CameraConfig, ConfigError, PipelineConfig, load_config, parse_source_arg
+from pipeline.config import CameraConfig, ConfigError, PipelineConfig, api_token_from_env, load_config, parse_source_arg
 from pipeline.events.contract import detections_key
 from pipeline.sources.urls import redact_url
 
@@ -183,7 +183,8 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
                    "127.0.0.1) and PORT (0: any free port; the address is printed)")
     p.add_argument("--api-token", metavar="TOKEN",
                    help="bearer token the HTTP API requires (needed off loopback); prefer the environment variable "
-                   "RPN_API_TOKEN, which other users cannot see in the process list")
+                   "RPN_API_TOKEN (or RPN_API_TOKEN_FILE naming a file that holds it), which other users cannot see in the "
+                   "process list")
     p.add_argument("--keep-running", action="store_true",
                    help="keep running when every source has ended (or with none), until Ctrl-C / SIGTERM: cameras "
                    "can be added through the HTTP API or a SIGHUP reload")
@@ -238,8 +239,8 @@ def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
     if args.http:
         host, overrides[("server", "port")] = parse_http_arg(args.http)
         overrides[("server", "host")] = host
-    # The token: --api-token, else RPN_API_TOKEN, else server.token from the file. Never printed.
-    overrides[("server", "token")] = args.api_token or os.environ.get(API_TOKEN_ENV) or None
+    # The token: --api-token, else RPN_API_TOKEN(_FILE), else server.token from the file. Never printed.
+    overrides[("server", "token")] = args.api_token or api_token_from_env() or None
     data = config.model_dump()
     for (section, key), value in overrides.items():
         if value is not None:

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from pipeline.api.server import ApiServer, install_auth
+from pipeline.api.server import ApiServer, install_auth, media_path_refusal
 from pipeline.config import CameraConfig, PipelineConfig, ServerConfig
 from pipeline.sources.decoder import SourceError, check_source
 
@@ -96,6 +96,9 @@ def create_cluster_app(controller: ClusterController, token: str | None = None) 
         """Want a camera; it is placed on the least loaded worker with room (or reported unplaced)."""
         from pipeline.runner import source_spec
 
+        refusal = media_path_refusal(camera.url, controller.config.server.media_roots)
+        if refusal is not None:  # the same rule as a single pipeline's API: local files only under media roots
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"camera {camera.name!r}: {refusal}")
         try:
             check_source(source_spec(camera, controller.config))
         except SourceError as exc:

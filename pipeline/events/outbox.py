@@ -176,6 +176,8 @@ class Outbox:
         self._errors = 0
         self._dropped_at_contact = 0  # drops up to the last good exchange: later ones belong to an outage
         self.confirmed_on_resend = 0  # entries a re-sent chunk found already written (not duplicated)
+        self._acked: dict[str, str] = {}  # per stream, the newest id Redis acknowledged
+        self.went_backwards = 0  # streams Redis came back without (restarted empty): acknowledged entries lost there
         self._connected = False
         self._outage: _Outage | None = None
         self._closing = False
@@ -451,6 +453,9 @@ class Outbox:
             done = delivered + [e for entries in rejected.values() for e in entries]
             self._bytes -= sum(e.size for e in done)
             self._delivered += len(delivered)
+            for entry in delivered:
+                if entry.seq is None:  # shared streams (`*` ids) get their ids from Redis: nothing to compare
+                    self._acked[entry.key] = entry.id
             for message, entries in rejected.items():
                 self._count_dropped(entries, _reject_reason(message))
                 self._errors += 1
@@ -485,6 +490,23 @@ class Outbox:
         if backlog_done:
             self._report_back()
         return True
+
+    def _check_kept(self) -> None:
+        """After an outage: does Redis still hold what it acknowledged? A server restarted without its data (no
+        persistence, a lost volume) comes back with streams missing or shorter: say so loudly, once per stream.
+        The entries that follow keep increasing ids, so old and new never interleave; the gap is logged and counted
+        (`went_backwards`), not silently mixed."""
+        for key, acked in list(self._acked.items()):
+            try:
+                top = str(self.client.xinfo_stream(key)["last-generated-id"])
+            except redis.ResponseError:  # "no such key": the stream is gone
+                top = "none (the stream is gone)"
+            if top.startswith("none") or tuple(map(int, top.split("-"))) < tuple(map(int, acked.split("-"))):
+                self.went_backwards += 1
+                del self._acked[key]
+                log.error("Redis stream %s went backwards at %s: the server's last id is %s, but it had acknowledged "
+                          "%s: it restarted without its data, and the entries it acknowledged up to there are lost "
+                          "on the server; new entries continue after %s", key, self.where, top, acked, acked)
 
     def _backlog_progress(self, delivered: int) -> bool:
         """Count delivered backlog entries; True once the outage's backlog is all delivered (or dropped)."""
@@ -528,6 +550,8 @@ class Outbox:
         """PING Redis. A failure starts (or continues) an outage; True when Redis answered."""
         try:
             self.client.ping()
+            if self._outage is not None:
+                self._check_kept()
         except (redis.RedisError, OSError) as exc:
             self._went_down(exc)
             return False

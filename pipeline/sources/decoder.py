@@ -43,6 +43,7 @@ from pipeline.sources.scaling import FitSize, make_frame, skip_frame_setting
 from pipeline.sources.urls import guess_format, is_local_path, redact_url
 
 log = logging.getLogger(__name__)
+MAX_FRAME_SIDE = 8192  # wider or taller frames come from corrupt headers: refused, not decoded at 100+ MB each
 
 
 class SourceError(Exception):
@@ -329,6 +330,10 @@ class VideoSource(threading.Thread):
         try:
             for packet in container.demux(stream):
                 for av_frame in packet.decode():
+                    if max(av_frame.width, av_frame.height) > MAX_FRAME_SIDE:  # a corrupt header (video fuzzing):
+                        error = PermanentSourceError if self.spec.is_file else SourceError  # 113 MB frames, slowly
+                        raise error(f"truncated or corrupt: frame size {av_frame.width}x{av_frame.height} beyond "
+                                    f"{MAX_FRAME_SIDE} px")
                     pts = self.clock(float(av_frame.time) if av_frame.time is not None else None, time.monotonic())
                     if self.spec.start_after is not None and self.index <= self.spec.start_after and self.spec.is_file:
                         self.index += 1  # published by an earlier run: decoded only to reach the next frame
@@ -360,6 +365,8 @@ class VideoSource(threading.Thread):
                 f"truncated or corrupt: reading failed after {decoded_here} frames ({_reason(exc)})"
             ) from exc
         if self.spec.is_file:  # a file cut short often just ends early; compare with what its header promised
+            if not decoded_here:  # e.g. an empty raw .h264 file: FFmpeg opens it and finds nothing (video fuzzing)
+                raise PermanentSourceError("truncated or corrupt: not a single frame could be decoded")
             declared_frames = stream.frames
             declared_s = container.duration / 1_000_000 if container.duration else 0.0
             if skip != "DEFAULT":  # skipped frames are not a truncation
