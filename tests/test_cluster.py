@@ -42,7 +42,7 @@ class Cluster:
         return self.session.controller
 
     def call(self, method: str, *args: object, timeout: float = 60) -> Any:
-        return ray.get(getattr(self.controller, method).remote(*args), timeout=timeout)
+        return self.session.ask(method, *args, timeout=timeout)  # waits while Ray restarts the controller
 
     def cameras(self) -> dict[str, dict[str, Any]]:
         return {c["name"]: c for c in self.call("cameras")}

@@ -253,6 +253,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"error: the sample video {SAMPLE_VIDEO} is missing from this installation", file=sys.stderr)
         return EXIT_USAGE
     args.source = [f"sample={SAMPLE_VIDEO}"]
+    args.cluster, args.resume = None, False  # the demo runs on this machine, from the start
     return cmd_run(args)
 
 

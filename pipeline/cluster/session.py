@@ -81,12 +81,25 @@ class ClusterSession:
     def api_url(self) -> str | None:
         return ray.get(self.controller.ready.remote(), timeout=30)["api"]  # type: ignore[no-any-return]
 
+    def ask(self, method: str, *args: object, timeout: float = 60) -> Any:
+        """Call the controller; while Ray restarts it (it died, or its node did), wait and ask again."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return ray.get(getattr(self.controller, method).remote(*args),
+                               timeout=max(1.0, deadline - time.monotonic()))
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError) as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("cluster controller unavailable (%s); asking again", type(exc).__name__)
+                time.sleep(0.5)
+
     def wait_files_done(self, timeout: float | None = None, poll_s: float = 0.5) -> bool:
         """Wait until every wanted camera is a file processed to its end; False on timeout or if a live camera
         is wanted (it never ends)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while deadline is None or time.monotonic() < deadline:
-            cameras = ray.get(self.controller.cameras.remote(), timeout=30)
+            cameras = self.ask("cameras", timeout=60)
             if all(c["placement"] == "done" for c in cameras):
                 return True
             time.sleep(poll_s)

