@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from lab.track_clips import Clip
 from pipeline.tracker.bytetrack import ByteTracker, iou_matrix
 
 log = logging.getLogger(__name__)
@@ -55,50 +56,6 @@ MATCH_IOU = 0.5
 
 
 # --------------------------------------------------------------------------- data
-
-
-@dataclass
-class Clip:
-    """Cached detections and ground truth of one rendered clip."""
-
-    name: str
-    fps: float
-    frames: int
-    crowded: bool
-    # detections, concatenated over frames; det_frame = frame index of each row
-    det_frame: np.ndarray  # int64 [D]
-    det_boxes: np.ndarray  # float32 [D, 4]
-    det_scores: np.ndarray  # float32 [D]
-    det_labels: np.ndarray  # int64 [D]
-    # ground truth, concatenated over frames
-    gt_frame: np.ndarray  # int64 [G]
-    gt_ids: np.ndarray  # int64 [G]
-    gt_boxes: np.ndarray  # float64 [G, 4]
-    gt_labels: np.ndarray  # int64 [G]
-    gt_ignored: np.ndarray  # bool [G]
-    times: np.ndarray | None = None  # float64 [frames]: timestamp (s) of each frame; None: index / fps
-
-    def time(self, t: int) -> float:
-        return float(self.times[t]) if self.times is not None else t / self.fps
-
-    def detections(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        sel = self.det_frame == t
-        return self.det_boxes[sel], self.det_scores[sel], self.det_labels[sel]
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {k: v for k, v in asdict(self).items() if isinstance(v, np.ndarray)}
-        meta = np.array(json.dumps({"name": self.name, "fps": self.fps, "frames": self.frames,
-                                    "crowded": self.crowded}))
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, meta=meta, **arrays)
-        tmp.replace(path)
-
-    @staticmethod
-    def load(path: Path) -> Clip:
-        with np.load(path) as z:
-            meta = json.loads(str(z["meta"]))
-            return Clip(**meta, **{k: z[k] for k in z.files if k != "meta"})
 
 
 def weights_path(weights: str | Path | None) -> Path:
@@ -429,10 +386,7 @@ def regime_clips(regime: Any, *, seconds: float | None = None, tud_root: Path | 
     """A regime's simulated sequences (lab/track_regimes.py) as clips."""
     from lab.track_regimes import simulate
 
-    return [Clip(name=s.name, fps=s.fps, frames=len(s.times), crowded=False, det_frame=s.det_frame,
-                 det_boxes=s.det_boxes, det_scores=s.det_scores, det_labels=s.det_labels, gt_frame=s.gt_frame,
-                 gt_ids=s.gt_ids, gt_boxes=s.gt_boxes, gt_labels=s.gt_labels, gt_ignored=s.gt_ignored, times=s.times)
-            for s in simulate(regime, seconds=seconds, tud_root=tud_root)]
+    return simulate(regime, seconds=seconds, tud_root=tud_root)
 
 
 def regime_scores(

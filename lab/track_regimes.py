@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BASE_FPS", "REGIMES", "Detector", "Regime", "Simulated", "Truth", "simulate", "synth_truth", "tud_dir",
+from lab.track_clips import Clip
+
+__all__ = ["BASE_FPS", "REGIMES", "Detector", "Regime", "Truth", "simulate", "synth_truth", "tud_dir",
            "tud_truth"]
 
 BASE_FPS = 30.0  # the synthetic simulation's step rate; lower frame rates keep every k-th step
@@ -307,27 +309,8 @@ def regime_truths(regime: Regime, *, seconds: float | None = None, seeds: Sequen
             for s in (regime.seeds if seeds is None else seeds)]
 
 
-@dataclass
-class Simulated:
-    """One sequence of a regime as the trackers get it: the simulated detections of the kept frames (renumbered
-    0..K-1, with their true timestamps) and the ground truth of those frames."""
-
-    name: str
-    fps: float
-    times: np.ndarray  # float64 [K]
-    det_frame: np.ndarray  # int64 [D]
-    det_boxes: np.ndarray  # float32 [D, 4]
-    det_scores: np.ndarray  # float32 [D]
-    det_labels: np.ndarray  # int64 [D]
-    gt_frame: np.ndarray  # int64 [G]
-    gt_ids: np.ndarray  # int64 [G]
-    gt_boxes: np.ndarray  # float64 [G, 4]
-    gt_labels: np.ndarray  # int64 [G]
-    gt_ignored: np.ndarray  # bool [G]
-
-
 def simulate(regime: Regime, *, seconds: float | None = None, seeds: Sequence[int] | None = None,
-             tud_root: Path | None = None) -> list[Simulated]:
+             tud_root: Path | None = None) -> list[Clip]:
     """A regime's sequences with its simulated detector applied (``draws`` times each)."""
     out = []
     truths = regime_truths(regime, seconds=seconds, seeds=seeds, tud_root=tud_root)
@@ -338,9 +321,9 @@ def simulate(regime: Regime, *, seconds: float | None = None, seeds: Sequence[in
         remap = np.full(truth.frames, -1, np.int64)
         remap[kept] = np.arange(len(kept))
         d, g = remap[det_frame] >= 0, remap[truth.frame] >= 0
-        out.append(Simulated(
+        out.append(Clip(
             name=truth.name if regime.draws == 1 else f"{truth.name}-{i % regime.draws}",
-            fps=regime.detector.fps or truth.fps, times=kept / truth.fps,
+            fps=regime.detector.fps or truth.fps, frames=len(kept), crowded=False, times=kept / truth.fps,
             det_frame=remap[det_frame[d]], det_boxes=det_boxes[d].astype(np.float32),
             det_scores=det_scores[d].astype(np.float32), det_labels=det_labels[d],
             gt_frame=remap[truth.frame[g]], gt_ids=truth.ids[g], gt_boxes=truth.boxes[g], gt_labels=truth.labels[g],
