@@ -30,6 +30,10 @@ def system_config(config: PipelineConfig) -> dict[str, Any]:
             "health_check_timeout_ms": c.health_check_period_ms}
 
 
+#: Custom Ray resource of the node that hosts the controller (deploy/k8s/raycluster.yaml gives it to the head).
+CONTROLLER_RESOURCE = "rpn_controller"
+
+
 class ClusterSession:
     """A driver's connection to a cluster with the controller running. `local` holds the local Cluster, if any."""
 
@@ -51,7 +55,8 @@ class ClusterSession:
             if workers is not None:
                 from ray.cluster_utils import Cluster
 
-                head: dict[str, Any] = {"num_cpus": 0, "include_dashboard": False}
+                head: dict[str, Any] = {"num_cpus": 0, "include_dashboard": False,
+                                        "resources": {CONTROLLER_RESOURCE: 1}}
                 if not default_health:
                     head["_system_config"] = system_config(config)
                 local = Cluster(initialize_head=True, head_node_args=head)
@@ -128,13 +133,21 @@ class ClusterSession:
 
 
 def start_controller(config: PipelineConfig) -> Any:
-    """The detached controller actor, created or found by name; Ray restarts it whenever it dies."""
-    head = next((n["NodeID"] for n in ray.nodes() if n["Alive"] and n.get("Resources", {}).get("CPU", 0) == 0
-                 and config.cluster.worker_resource not in n.get("Resources", {})), None)
+    """The detached controller actor, created or found by name; Ray restarts it whenever it dies.
+
+    It runs where the custom resource `rpn_controller` is (the head of `local:N` clusters and of deploy/k8s), so
+    killing a worker node never takes the controller with it; on a cluster without that resource it prefers the
+    head node (soft affinity: Ray may still place it elsewhere)."""
     options: dict[str, Any] = {
         "name": CONTROLLER_NAME, "namespace": config.cluster.namespace, "lifetime": "detached",
         "get_if_exists": True, "num_cpus": 0, "max_restarts": -1, "max_concurrency": 16,
     }
-    if head is not None:  # on the head node when it is there (it outlives worker nodes)
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    if any(CONTROLLER_RESOURCE in n.get("Resources", {}) for n in alive):
+        options["resources"] = {CONTROLLER_RESOURCE: 1}
+    else:
+        head = next((n["NodeID"] for n in alive if n.get("Resources", {}).get("CPU", 0) == 0
+                     and config.cluster.worker_resource not in n.get("Resources", {})), None)
+        if head is not None:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=True)
     return ray.remote(ClusterController).options(**options).remote(config)
