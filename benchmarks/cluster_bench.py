@@ -61,7 +61,7 @@ def wait_for(condition, timeout: float, what: str, poll: float = 0.05):  # type:
 
 
 def ready_workers(session: ClusterSession) -> int:
-    return sum(w["ready"] for w in ray.get(session.controller.cluster.remote())["workers"])
+    return sum(w["ready"] for w in session.ask("cluster")["workers"])
 
 
 def bench_throughput(url: str, files: list[Path], frames: int, rounds: int = 2) -> tuple[float, float]:
@@ -88,8 +88,8 @@ def bench_throughput(url: str, files: list[Path], frames: int, rounds: int = 2) 
 
             started = time.perf_counter()
             for cam in cameras:
-                ray.get(session.controller.add_camera.remote(cam))
-            ray.get(session.controller.reconcile_now.remote())
+                session.ask("add_camera", cam)
+            session.ask("reconcile_now")
             assert session.wait_files_done(timeout=600, poll_s=0.05)
             cluster_best = max(cluster_best, total / (time.perf_counter() - started))
             assert sum(client.xlen(detections_key(cconfig.redis.prefix, c.name)) for c in cameras) == total
@@ -115,12 +115,11 @@ def bench_failover(url: str, clip: Path, kills: int, default_health: bool, freez
     try:
         wait_for(lambda: ready_workers(session) == 3, 300, "3 workers")
         for i in range(3):
-            ray.get(session.controller.add_camera.remote(
-                CameraConfig(name=f"live{i}", url=str(clip), realtime=True, max_fps=2)))
+            session.ask("add_camera", CameraConfig(name=f"live{i}", url=str(clip), realtime=True, max_fps=2))
         wait_for(lambda: all(client.xlen(detections_key(config.redis.prefix, f"live{i}")) for i in range(3)), 120,
                  "the cameras")
         for k in range(kills):
-            cams = {c["name"]: c for c in ray.get(session.controller.cameras.remote())}
+            cams = {c["name"]: c for c in session.ask("cameras")}
             victim = cams["live0"]["node"]
             node = next(n for n in session.local.worker_nodes if n.node_id == victim)
             key = detections_key(config.redis.prefix, "live0")
@@ -165,7 +164,7 @@ def bench_placement(url: str, cameras: int) -> tuple[float, float, float]:
     session = ClusterSession.start("local:2", config)
     try:
         wait_for(lambda: ready_workers(session) == 2, 300, "2 workers")
-        pid = ray.get(session.controller.ready.remote())["pid"]
+        pid = session.ask("ready")["pid"]
         rss_before = psutil.Process(pid).memory_info().rss
         started = time.perf_counter()
         for i in range(cameras):
@@ -173,7 +172,7 @@ def bench_placement(url: str, cameras: int) -> tuple[float, float, float]:
                                                               open_timeout_s=1))
 
         def states() -> list[dict]:  # type: ignore[type-arg]
-            return ray.get(session.controller.cameras.remote())
+            return session.ask("cameras")
 
         wait_for(lambda: len(cs := states()) == cameras and all(c["placement"] == "placed" for c in cs), 300,
                  "placements", poll=0.02)

@@ -385,10 +385,8 @@ def _run_cluster(args: argparse.Namespace, config: PipelineConfig, bus: Bus) -> 
             if files_only and session.wait_files_done(timeout=0.5, poll_s=0.25):
                 break
             stop.wait(0.5)
-        import ray
-
-        cameras = ray.get(session.controller.cameras.remote(), timeout=30)
-        cluster = ray.get(session.controller.cluster.remote(), timeout=30)
+        cameras = session.ask("cameras", timeout=30)
+        cluster = session.ask("cluster", timeout=30)
     finally:
         session.shutdown()
     print(f"\nCluster run finished: {len(cluster['workers'])} worker(s), {cluster['failovers']} failover(s), "

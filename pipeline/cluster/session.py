@@ -84,7 +84,7 @@ class ClusterSession:
         return session
 
     def api_url(self) -> str | None:
-        return ray.get(self.controller.ready.remote(), timeout=30)["api"]  # type: ignore[no-any-return]
+        return self.ask("ready", timeout=30)["api"]  # type: ignore[no-any-return]
 
     def ask(self, method: str, *args: object, timeout: float = 60) -> Any:
         """Call the controller; while Ray restarts it (it died, or its node did), wait and ask again."""
