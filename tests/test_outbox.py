@@ -223,8 +223,12 @@ def test_pipeline_runs_without_redis_and_delivers_once_it_is_up(
     assert pipeline.wait(timeout=120)
     report = pipeline.report()
     s = report.streams["cam"]
-    assert s["decoded"] == s["published"] == 25 and report.ok
+    # Nothing lost to Redis being away; a paced file is live, so on a busy machine the engine may skip a frame.
+    assert s["decoded"] == 25 == s["published"] + s["dropped"] and report.ok
+    assert set(s["drop_reasons"]) <= {"engine busy: oldest frame dropped"}, s["drop_reasons"]
+    assert report.publisher["dropped_entries"] == 0
     client = redis.Redis.from_url(server.url, decode_responses=True)
-    assert [int(f["frame"]) for _, f in client.xrange("late:detections:cam")] == list(range(25))
-    assert validate_streams(client, "late") >= 25
+    frames = [int(f["frame"]) for _, f in client.xrange("late:detections:cam")]
+    assert frames == sorted(set(frames)) and len(frames) == s["published"] >= 5
+    assert validate_streams(client, "late") >= len(frames)
     assert report.publisher["connected"] and report.publisher["buffered_entries"] == 0
