@@ -1,10 +1,11 @@
-"""Faster R-CNN split for accelerated backends: the dense part in ONNX Runtime or TensorRT, the rest in torchvision.
+"""Faster R-CNN split for accelerated backends: two graphs in ONNX Runtime or TensorRT, the glue in torchvision.
 
 The dense part (backbone, FPN if any, RPN head) holds nearly all the FLOPs and exports cleanly with a static image
-size and a dynamic batch. Proposal selection (anchor decoding, top-k, NMS), RoIAlign and detection post-processing
-stay as torchvision ops around it: they are data-dependent, cheap, and this keeps the backends in parity with the
-eager reference. The box head (two FC layers + predictor) is exported as a second small graph with a dynamic RoI
-dimension. docs/model.md describes the split.
+size and a dynamic batch. The RoI heads graph takes the pooled feature levels and every RoI of the batch at once
+(RoIAlign, as torchvision's MultiScaleRoIAlign, then the box head and predictor) with a dynamic RoI dimension.
+Proposal selection (anchor decoding, top-k, NMS) and detection post-processing stay as torchvision ops between them:
+they are data-dependent and cheap, and this keeps the backends in parity with the eager reference. docs/model.md
+describes the split.
 """
 from __future__ import annotations
 
@@ -19,15 +20,17 @@ from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import roi_align
+from torchvision.ops.poolers import _onnx_merge_levels, _setup_scales
 
 from engines.base import Detections, Detector
 from engines.models import LoadedModel
 
 #: The parts of `SplitDetector.detect`, in order, as `timings` names them.
-PARTS: tuple[str, ...] = ("preprocess", "dense", "proposals", "roi_align", "box_head", "postprocess")
+PARTS: tuple[str, ...] = ("preprocess", "dense", "proposals", "roi_heads", "postprocess")
 
-#: Runs one exported graph: input tensor in, output tensors out (in the graph's output order).
-GraphRunner = Callable[[Tensor], Sequence[Tensor]]
+#: Runs one exported graph: input tensors in (in the graph's input order), output tensors out (in its output order).
+GraphRunner = Callable[..., Sequence[Tensor]]
 
 
 #: The dense graph's input: float32 [batch, H, W, 3] RGB pixel values 0..255, as decoded (normalised in the graph).
@@ -72,6 +75,56 @@ class BoxHeadStage(nn.Module):
 
     def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
         return self.box_predictor(self.box_head(pooled))
+
+
+class RoIHeadsStage(nn.Module):
+    """RoIAlign and the box head in one graph: (pooled feature levels..., rois [R, 5]) -> (class logits, box deltas).
+
+    Each row of `rois` is (index of the image in the batch, x1, y1, x2, y2) in input pixels, as torchvision's
+    roi_align takes them: all RoIs of a batch in one call. RoIAlign is torchvision's MultiScaleRoIAlign with the
+    scales and FPN level mapper it infers for the static input size; it exports as ONNX RoiAlign (opset 16+:
+    `output_half_pixel`, i.e. aligned=False), and with several levels as torchvision's own ONNX level merge.
+    """
+
+    def __init__(self, model: FasterRCNN, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        pool = model.roi_heads.box_roi_pool
+        self.box_head = BoxHeadStage(model)
+        self.output_size = tuple(pool.output_size)
+        self.sampling_ratio = int(pool.sampling_ratio)
+        height, width = input_size
+        with torch.no_grad():
+            features = model.backbone(torch.zeros(1, 3, height, width))
+        levels = {"0": features} if isinstance(features, Tensor) else features
+        self.level_names = [name for name in levels if name in pool.featmap_names]
+        self.scales, self.mapper = _setup_scales(
+            [levels[name] for name in self.level_names], [input_size], pool.canonical_scale, pool.canonical_level
+        )
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        levels, rois = inputs[:-1], inputs[-1]
+        if len(levels) == 1:
+            pooled = roi_align(levels[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
+        else:  # torchvision's _multiscale_roi_align on a batch's rois, with its ONNX-exportable merge
+            level_of = self.mapper([rois[:, 1:]])
+            pooled = _onnx_merge_levels(level_of, [
+                roi_align(feature, rois[torch.where(level_of == level)[0]], self.output_size, scale,
+                          self.sampling_ratio)
+                for level, (feature, scale) in enumerate(zip(levels, self.scales))
+            ])
+        return self.box_head(pooled)
+
+
+def pooled_levels(model: FasterRCNN) -> list[int]:
+    """Indexes (among the dense graph's feature outputs) of the levels RoIAlign pools from."""
+    featmap_names = model.roi_heads.box_roi_pool.featmap_names
+    return [i for i, name in enumerate(feature_names(model)) if name in featmap_names]
+
+
+def rois_of(boxes: Sequence[Tensor]) -> Tensor:
+    """Per-image boxes -> one [R, 5] tensor of (image index, x1, y1, x2, y2), the RoI heads graph's input."""
+    index = torch.cat([torch.full((len(b), 1), float(i)) for i, b in enumerate(boxes)])
+    return torch.cat([index, torch.cat(list(boxes))], dim=1)
 
 
 def feature_names(model: FasterRCNN) -> list[str]:
@@ -124,7 +177,7 @@ class SplitDetector(Detector):
         self,
         loaded: LoadedModel,
         run_dense: GraphRunner,
-        run_box_head: GraphRunner,
+        run_roi_heads: GraphRunner,
         input_size: tuple[int, int],
         backend: str,
         score_threshold: float = 0.5,
@@ -137,11 +190,13 @@ class SplitDetector(Detector):
         self.trained = loaded.trained
         self.backend = backend
         self.run_dense = run_dense
-        self.run_box_head = run_box_head
+        self.run_roi_heads = run_roi_heads
         self.input_size = input_size
         self.score_threshold = score_threshold
         self.max_batch = max_batch
         self.feature_names = feature_names(self.model)
+        self.pooled_levels = pooled_levels(self.model)
+        self.num_classes = int(self.model.roi_heads.box_predictor.cls_score.out_features)
         self._anchor_cache: tuple[tuple[tuple[int, ...], ...], list[Tensor]] | None = None
         #: Seconds spent per part (see PARTS) while not None: benchmarks/engine_profile.py sets it.
         self.timings: defaultdict[str, float] | None = None
@@ -186,12 +241,13 @@ class SplitDetector(Detector):
         roi_heads = self.model.roi_heads
         boxes = self._proposals(batch, sizes, levels, objectness, deltas)
         t = self._mark("proposals", t)
-        # The eval branch of RoIHeads.forward, with the box head in the backend.
-        features = OrderedDict(zip(self.feature_names, levels))
-        pooled = roi_heads.box_roi_pool(features, boxes, sizes)
-        t = self._mark("roi_align", t)
-        class_logits, box_regression = self.run_box_head(pooled)
-        t = self._mark("box_head", t)
+        # The eval branch of RoIHeads.forward, RoIAlign and the box head in the backend: one run for the whole batch.
+        rois = rois_of(boxes)
+        if rois.shape[0]:
+            class_logits, box_regression = self.run_roi_heads(*(levels[i] for i in self.pooled_levels), rois)
+        else:  # nothing proposed: no graph runs below its profile's minimum of one RoI
+            class_logits, box_regression = torch.zeros(0, self.num_classes), torch.zeros(0, 4 * self.num_classes)
+        t = self._mark("roi_heads", t)
         det_boxes, det_scores, det_labels = roi_heads.postprocess_detections(class_logits, box_regression, boxes, sizes)
         results = []
         for img, b, s, l, size in zip(images, det_boxes, det_scores, det_labels, sizes):
@@ -266,6 +322,6 @@ class SplitDetector(Detector):
         return torch.from_numpy(batch), sizes
 
 
-def torch_runners(model: FasterRCNN) -> tuple[GraphRunner, GraphRunner]:
+def torch_runners(model: FasterRCNN, input_size: tuple[int, int]) -> tuple[GraphRunner, GraphRunner]:
     """The split graphs run in eager PyTorch: the reference the exported graphs are checked against."""
-    return DenseStage(model).eval(), BoxHeadStage(model).eval()
+    return DenseStage(model).eval(), RoIHeadsStage(model, input_size).eval()
