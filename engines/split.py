@@ -198,17 +198,20 @@ class SplitDetector(Detector):
         self.pooled_levels = pooled_levels(self.model)
         self.num_classes = int(self.model.roi_heads.box_predictor.cls_score.out_features)
         self._anchor_cache: tuple[tuple[tuple[int, ...], ...], list[Tensor]] | None = None
-        #: Seconds spent per part (see PARTS) while not None: benchmarks/engine_profile.py sets it.
+        #: Seconds spent per part (see PARTS) while not None, wall clock; and process CPU seconds (all threads) under
+        #: "<part>_cpu": benchmarks/engine_profile.py sets it.
         self.timings: defaultdict[str, float] | None = None
         #: torch threads for the glue (proposals, RoIAlign, NMS): its ops are small, and on a busy machine handing
         #: each one to a second thread costs more than it saves (measured: a 0.4 M-element cast takes 0.7 ms on one
         #: thread, 25 ms on two when other processes hold the cores). The graphs keep the backend's threads.
         self.glue_threads = glue_threads
 
-    def _mark(self, part: str, started: float) -> float:
-        now = time.perf_counter()
-        if self.timings is not None:
-            self.timings[part] += now - started
+    def _mark(self, part: str, started: tuple[float, float]) -> tuple[float, float]:
+        if self.timings is None:
+            return started
+        now = (time.perf_counter(), time.process_time())
+        self.timings[part] += now[0] - started[0]
+        self.timings[part + "_cpu"] += now[1] - started[1]
         return now
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
@@ -231,7 +234,7 @@ class SplitDetector(Detector):
     def _detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
             return []
-        t = time.perf_counter()
+        t = (time.perf_counter(), time.process_time()) if self.timings is not None else (0.0, 0.0)
         batch, sizes = self.preprocess(images)
         t = self._mark("preprocess", t)
         outputs = list(self.run_dense(batch))
