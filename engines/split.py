@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import resize_boxes
-from torchvision.ops import roi_align
+from torchvision.ops import batched_nms, roi_align
 from torchvision.ops.poolers import _onnx_merge_levels, _setup_scales
 
 from engines.base import Detections, Detector
@@ -231,6 +231,7 @@ class SplitDetector(Detector):
     def frame_size_for(self, width: int, height: int) -> tuple[int, int] | None:
         return resized_size(self.model, width, height, self.input_size)
 
+    @torch.inference_mode()
     def _detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
             return []
@@ -241,7 +242,6 @@ class SplitDetector(Detector):
         t = self._mark("dense", t)
         n = len(self.feature_names)
         levels, objectness, deltas = outputs[:n], outputs[n : 2 * n], outputs[2 * n : 3 * n]
-        roi_heads = self.model.roi_heads
         boxes = self._proposals(batch, sizes, levels, objectness, deltas)
         t = self._mark("proposals", t)
         # The eval branch of RoIHeads.forward, RoIAlign and the box head in the backend: one run for the whole batch.
@@ -251,13 +251,42 @@ class SplitDetector(Detector):
         else:  # nothing proposed: no graph runs below its profile's minimum of one RoI
             class_logits, box_regression = torch.zeros(0, self.num_classes), torch.zeros(0, 4 * self.num_classes)
         t = self._mark("roi_heads", t)
-        det_boxes, det_scores, det_labels = roi_heads.postprocess_detections(class_logits, box_regression, boxes, sizes)
-        results = []
-        for img, b, s, l, size in zip(images, det_boxes, det_scores, det_labels, sizes):
-            keep = s >= self.score_threshold
-            b = resize_boxes(b[keep], size, img.shape[:2])
-            results.append(Detections(b.numpy().astype(np.float32), s[keep].numpy(), l[keep].numpy().astype(np.int64)))
+        results = self._postprocess(class_logits, box_regression, boxes, rois[:, 0].long(), sizes, images)
         self._mark("postprocess", t)
+        return results
+
+    def _postprocess(
+        self, class_logits: Tensor, box_regression: Tensor, boxes: list[Tensor], image_of: Tensor,
+        sizes: list[tuple[int, int]], images: Sequence[np.ndarray],
+    ) -> list[Detections]:
+        """torchvision's RoIHeads.postprocess_detections for the whole batch at once, then our score threshold.
+
+        Per image torchvision clips, drops background, scores <= score_thresh and tiny boxes, runs class-wise NMS and
+        keeps the best detections_per_img. Here one NMS runs over the batch (grouped by image and class: boxes of
+        different groups never suppress each other), and boxes under our `score_threshold` are dropped before it: a
+        box can only suppress lower-scoring ones, which the threshold drops anyway, so the result is the same.
+        """
+        roi_heads = self.model.roi_heads
+        num_classes = class_logits.shape[-1]
+        pred_boxes = roi_heads.box_coder.decode(box_regression, boxes)  # [R, K, 4]
+        scores = nn.functional.softmax(class_logits, -1)
+        limits = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=pred_boxes.dtype)[image_of]  # clip per image
+        pred_boxes = pred_boxes.clamp(min=0).minimum(limits[:, None, :])
+        labels = torch.arange(num_classes).view(1, -1).expand_as(scores)
+        image_of = image_of.view(-1, 1).expand_as(scores)
+        pred_boxes, scores = pred_boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1)  # background out
+        labels, image_of = labels[:, 1:].reshape(-1), image_of[:, 1:].reshape(-1)
+        keep = (scores > roi_heads.score_thresh) & (scores >= self.score_threshold)
+        wh = pred_boxes[:, 2:] - pred_boxes[:, :2]
+        keep &= (wh >= 1e-2).all(dim=1)  # torchvision's remove_small_boxes(min_size=1e-2)
+        pred_boxes, scores, labels, image_of = pred_boxes[keep], scores[keep], labels[keep], image_of[keep]
+        keep = batched_nms(pred_boxes, scores, image_of * num_classes + labels, roi_heads.nms_thresh)  # best first
+        results = []
+        for i, (img, size) in enumerate(zip(images, sizes)):
+            mine = keep[image_of[keep] == i][: roi_heads.detections_per_img]
+            b = resize_boxes(pred_boxes[mine], size, img.shape[:2])
+            results.append(Detections(b.numpy().astype(np.float32), scores[mine].numpy(),
+                                      labels[mine].numpy().astype(np.int64)))
         return results
 
     def _proposals(
@@ -267,9 +296,10 @@ class SplitDetector(Detector):
         """RPN proposals as torchvision's RegionProposalNetwork computes them in eval mode, but faster.
 
         torchvision decodes every anchor (tens of thousands per image) and then keeps the top `pre_nms_top_n` per
-        level. Decoding is per anchor, so we keep the top-n first and decode only those, then hand them to
-        torchvision's own `filter_proposals` (clip, small-box removal, score threshold, per-level NMS). Same
-        proposals, a fraction of the work; the anchors of the static input are computed once.
+        level. Decoding is per anchor, so we keep the top-n first and decode only those; then torchvision's
+        `filter_proposals` (clip, small-box removal, score threshold, per-level NMS, best post_nms_top_n), but for
+        the whole batch at once: one NMS grouped by image and level instead of one per image. Same proposals, a
+        fraction of the work; the anchors of the static input are computed once.
         """
         rpn = self.model.rpn
         anchors = self._anchors(batch, sizes, levels)
@@ -284,10 +314,20 @@ class SplitDetector(Detector):
             picked_deltas.append(delta.gather(1, idx[..., None].expand(-1, -1, 4)))
             picked_anchors.append(level_anchors[idx])
             counts.append(top.shape[1])
+        num_images = batch.shape[0]
         proposals = rpn.box_coder.decode_single(torch.cat(picked_deltas, 1).reshape(-1, 4),
                                                 torch.cat(picked_anchors, 1).reshape(-1, 4))
-        boxes, _ = rpn.filter_proposals(proposals.view(batch.shape[0], -1, 4), torch.cat(scores, 1), sizes, counts)
-        return boxes
+        level = torch.cat([torch.full((count,), i) for i, count in enumerate(counts)]).repeat(num_images)
+        image_of = torch.arange(num_images).repeat_interleave(sum(counts))
+        limits = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=proposals.dtype)[image_of]
+        proposals = proposals.clamp(min=0).minimum(limits)  # clip_boxes_to_image, per image
+        prob = torch.sigmoid(torch.cat(scores, 1).reshape(-1))
+        wh = proposals[:, 2:] - proposals[:, :2]
+        keep = (wh >= rpn.min_size).all(dim=1) & (prob >= rpn.score_thresh)  # remove_small_boxes, score_thresh
+        proposals, prob, level, image_of = proposals[keep], prob[keep], level[keep], image_of[keep]
+        keep = batched_nms(proposals, prob, image_of * len(counts) + level, rpn.nms_thresh)  # best first
+        image_of = image_of[keep]
+        return [proposals[keep[image_of == i][: rpn.post_nms_top_n()]] for i in range(num_images)]
 
     def _anchors(self, batch: Tensor, sizes: list[tuple[int, int]], levels: list[Tensor]) -> list[Tensor]:
         key = tuple(tuple(level.shape[-2:]) for level in levels)
@@ -309,7 +349,7 @@ class SplitDetector(Detector):
         height, width = self.input_size
         # numpy for the copy: a tiny multi-threaded torch op costs more in thread hand-off than it computes.
         batch = np.empty((len(images), height, width, 3), np.float32)
-        batch[:] = np.asarray(self.model.transform.image_mean, np.float32) * 255.0
+        mean = np.asarray(self.model.transform.image_mean, np.float32) * 255.0
         sizes = []
         for i, img in enumerate(images):
             h, w = img.shape[:2]
@@ -320,8 +360,11 @@ class SplitDetector(Detector):
                     torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float(), scale_factor=scale,
                     mode="bilinear", recompute_scale_factor=True, align_corners=False,
                 )[0].permute(1, 2, 0).numpy()
-            batch[i, : x.shape[0], : x.shape[1]] = x
-            sizes.append((int(x.shape[0]), int(x.shape[1])))
+            h, w = x.shape[:2]
+            batch[i, :h, :w] = x
+            batch[i, h:] = mean  # padding only: a decoder-scaled frame fills the whole input
+            batch[i, :h, w:] = mean
+            sizes.append((int(h), int(w)))
         return torch.from_numpy(batch), sizes
 
 
