@@ -6,7 +6,8 @@
 Parts: preprocess (pixels into the input batch; plus the resize for frames the decoder did not scale), dense
 (normalisation, backbone, RPN head graph), proposals, roi_heads (RoIAlign + box head graph, one run per batch),
 postprocess. Also the dense graph alone on the same batches, and the ratio engine fps / dense-alone fps (the share of
-the time the network itself takes). Each figure in wall-clock ms per frame and in CPU ms per frame (process CPU time,
+the time the network itself takes); and both graphs alone (dense + RoI heads on the same RoIs, no glue), the bound
+for that ratio. Each figure in wall-clock ms per frame and in CPU ms per frame (process CPU time,
 all threads: on a shared machine it depends far less on others' load). Figures are the best of --repeats passes;
 only ratios within one run are comparable. About 1-2 minutes.
 """
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engines.export import export_onnx  # noqa: E402
 from engines.models import build_model  # noqa: E402
 from engines.onnx_backend import create_onnxruntime_detector  # noqa: E402
-from engines.split import PARTS, SplitDetector  # noqa: E402
+from engines.split import PARTS, SplitDetector, rois_of  # noqa: E402
 from lab.synth import SceneSpec, render_frames  # noqa: E402
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "engines" / "weights" / "fasterrcnn_lite.pt"
@@ -53,15 +54,29 @@ def profile(detector: SplitDetector, frames: list[np.ndarray], batch: int, repea
             best.update({f"{part}_cpu": timings[f"{part}_cpu"] * 1000 / n for part in PARTS})
             best["total"] = total * 1000 / n
         best["total_cpu"] = min(best.get("total_cpu", float("inf")), cpu * 1000 / n)
-    inputs = [detector.preprocess(frames[i : i + batch])[0] for i in range(0, n, batch)]
-    detector.run_dense(inputs[0])
-    best["dense_alone"] = best["dense_alone_cpu"] = float("inf")
-    for _ in range(repeats):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        for x in inputs:
+    inputs = [detector.preprocess(frames[i : i + batch]) for i in range(0, n, batch)]
+    roi_inputs = []  # what the RoI heads graph takes for each batch: the pooled levels and the batch's RoIs
+    with torch.inference_mode():
+        for x, sizes in inputs:
+            out = detector.run_dense(x)
+            k = len(detector.feature_names)
+            boxes = detector._proposals(x, sizes, out[:k], out[k : 2 * k], out[2 * k : 3 * k])
+            roi_inputs.append([*(out[i] for i in detector.pooled_levels), rois_of(boxes)])
+
+    def graphs(with_roi_heads: bool) -> None:
+        for (x, _), roi_input in zip(inputs, roi_inputs):
             detector.run_dense(x)
-        best["dense_alone"] = min(best["dense_alone"], (time.perf_counter() - started) * 1000 / n)
-        best["dense_alone_cpu"] = min(best["dense_alone_cpu"], (time.process_time() - cpu_started) * 1000 / n)
+            if with_roi_heads:
+                detector.run_roi_heads(*roi_input)
+
+    for name, with_roi_heads in (("dense_alone", False), ("graphs_alone", True)):
+        graphs(with_roi_heads)
+        best[name] = best[name + "_cpu"] = float("inf")
+        for _ in range(repeats):
+            started, cpu_started = time.perf_counter(), time.process_time()
+            graphs(with_roi_heads)
+            best[name] = min(best[name], (time.perf_counter() - started) * 1000 / n)
+            best[name + "_cpu"] = min(best[name + "_cpu"], (time.process_time() - cpu_started) * 1000 / n)
     return best
 
 
@@ -93,13 +108,16 @@ def main() -> None:
           f"best of {args.repeats}; ms per frame, wall clock (CPU ms: process CPU time, all threads). "
           f"Load average {load:.1f} at the end on {os.cpu_count()} cores.\n")
     print("| frames | batch | " + " | ".join(PARTS) + " | total | engine fps | dense alone fps "
-          "| engine / dense-alone | same, by CPU time |")
-    print("|---|---:|" + "---:|" * (len(PARTS) + 5))
+          "| engine / dense-alone (by CPU) | both graphs alone fps | engine / both graphs alone (by CPU) |")
+    print("|---|---:|" + "---:|" * (len(PARTS) + 6))
     for frames_kind, batch, p in rows:
         cells = " | ".join(f"{p[part]:.2f} ({p[part + '_cpu']:.2f})" for part in PARTS)
         print(f"| {frames_kind} | {batch} | {cells} | {p['total']:.2f} ({p['total_cpu']:.2f}) | {1000 / p['total']:.1f} "
               f"| {1000 / p['dense_alone']:.1f} | {p['dense_alone'] / p['total']:.2f} "
-              f"| {p['dense_alone_cpu'] / p['total_cpu']:.2f} |")
+              f"({p['dense_alone_cpu'] / p['total_cpu']:.2f}) | {1000 / p['graphs_alone']:.1f} "
+              f"| {p['graphs_alone'] / p['total']:.2f} ({p['graphs_alone_cpu'] / p['total_cpu']:.2f}) |")
+    print("\nboth graphs alone: dense.onnx and roi_heads.onnx on the same batches and RoIs, without the glue between "
+          "them (preprocess, proposals, postprocess): the bound for engine / dense-alone.")
 
 
 if __name__ == "__main__":
