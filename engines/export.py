@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,11 +95,14 @@ def export_onnx(
                              [0, 2, 3, 17, 11]], dtype=torch.float32)
         roi_axes = {name: {0: "batch"} for name in level_names}
         roi_axes.update({"rois": {0: "rois"}, "class_logits": {0: "rois"}, "box_deltas": {0: "rois"}})
-        torch.onnx.export(
-            RoIHeadsStage(model, (height, width)).eval(), (*pooled, rois), str(out / ROI_HEADS_FILE),
-            input_names=[*level_names, "rois"], output_names=["class_logits", "box_deltas"], dynamic_axes=roi_axes,
-            opset_version=OPSET, do_constant_folding=True, dynamo=False,
-        )
+        with warnings.catch_warnings():
+            # roi_align's input checks and the level mapper's eps trace as constants: right for a static input size.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                RoIHeadsStage(model, (height, width)).eval(), (*pooled, rois), str(out / ROI_HEADS_FILE),
+                input_names=[*level_names, "rois"], output_names=["class_logits", "box_deltas"], dynamic_axes=roi_axes,
+                opset_version=OPSET, do_constant_folding=True, dynamo=False,
+            )
     # The FPN's upsampling leaves feature sizes symbolic in the traced graph; with a static image size they are
     # static, and shape inference writes that down (TensorRT then needs no shape ranges for them).
     for path in (out / DENSE_FILE, out / ROI_HEADS_FILE):
