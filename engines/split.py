@@ -196,7 +196,6 @@ class SplitDetector(Detector):
         self.max_batch = max_batch
         self.feature_names = feature_names(self.model)
         self.pooled_levels = pooled_levels(self.model)
-        self.num_classes = int(self.model.roi_heads.box_predictor.cls_score.out_features)
         self._anchor_cache: tuple[tuple[tuple[int, ...], ...], list[Tensor]] | None = None
         #: Seconds spent per part (see PARTS) while not None, wall clock; and process CPU seconds (all threads) under
         #: "<part>_cpu": benchmarks/engine_profile.py sets it.
@@ -246,10 +245,9 @@ class SplitDetector(Detector):
         t = self._mark("proposals", t)
         # The eval branch of RoIHeads.forward, RoIAlign and the box head in the backend: one run for the whole batch.
         rois = rois_of(boxes)
-        if rois.shape[0]:
-            class_logits, box_regression = self.run_roi_heads(*(levels[i] for i in self.pooled_levels), rois)
-        else:  # nothing proposed: no graph runs below its profile's minimum of one RoI
-            class_logits, box_regression = torch.zeros(0, self.num_classes), torch.zeros(0, 4 * self.num_classes)
+        if not rois.shape[0]:  # nothing proposed in the whole batch (and no graph runs below one RoI)
+            return [Detections.empty() for _ in images]
+        class_logits, box_regression = self.run_roi_heads(*(levels[i] for i in self.pooled_levels), rois)
         t = self._mark("roi_heads", t)
         results = self._postprocess(class_logits, box_regression, boxes, rois[:, 0].long(), sizes, images)
         self._mark("postprocess", t)

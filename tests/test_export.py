@@ -270,6 +270,30 @@ def test_roi_heads_graph_matches_torchvision_multiscale_roi_align_and_box_head(
         _assert_close_to_scale(g, w, 1e-4, f"{case.loaded.arch} roi heads {output.name}")
 
 
+def test_a_frame_without_proposals_leaves_the_others_of_its_batch_as_they_are(
+    lite: Case, held_out: list[np.ndarray]
+) -> None:
+    """Post-processing runs once over the whole batch: a frame with nothing proposed gets no detections and changes
+    nothing for the others; a batch with nothing proposed at all gives empty detections, not an error."""
+    detector = create_onnxruntime_detector(lite.loaded, lite.exported, score_threshold=lite.score_threshold)
+    alone = detector.detect(held_out[:1])
+    batch, sizes = detector.preprocess(held_out[:2])
+    out = detector.run_dense(batch)
+    boxes = detector._proposals(batch, sizes, out[:1], out[1:2], out[2:3])
+    boxes[1] = boxes[1][:0]
+    rois = rois_of(boxes)
+    logits, deltas = detector.run_roi_heads(out[0], rois)
+    got = detector._postprocess(logits, deltas, boxes, rois[:, 0].long(), sizes, held_out[:2])
+    assert len(alone[0]) > 0 and len(got[1]) == 0
+    _assert_same_detections(got[:1], alone, "first frame of a batch whose second proposes nothing")
+    rpn = lite.loaded.model.rpn
+    threshold, rpn.score_thresh = rpn.score_thresh, 1.01  # no objectness probability reaches it
+    try:
+        assert [len(d) for d in detector.detect(held_out)] == [0, 0, 0]
+    finally:
+        rpn.score_thresh = threshold
+
+
 # --- TensorRT ---------------------------------------------------------------------------------------------------------
 
 def test_engine_cache_key_changes_with_everything_that_makes_an_engine() -> None:
