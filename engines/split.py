@@ -306,10 +306,11 @@ class SplitDetector(Detector):
         for obj, delta, level_anchors in zip(objectness, deltas, anchors):
             n, a, h, w = obj.shape
             obj = obj.permute(0, 2, 3, 1).reshape(n, -1)  # anchor order (y, x, a), like the anchor generator's
-            delta = delta.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
             top, idx = obj.topk(min(pre_nms_top_n, obj.shape[1]), dim=1)
             scores.append(top)
-            picked_deltas.append(delta.gather(1, idx[..., None].expand(-1, -1, 4)))
+            # The picked anchors' deltas straight from the [n, a * 4, h, w] map: no copy of the whole map.
+            image = torch.arange(n)[:, None]
+            picked_deltas.append(delta.view(n, a, 4, h * w)[image, idx % a, :, idx // a])  # [n, top, 4]
             picked_anchors.append(level_anchors[idx])
             counts.append(top.shape[1])
         num_images = batch.shape[0]
