@@ -18,13 +18,18 @@ Per update (one frame of one stream):
    tracked in the previous update or lost at most ``low_lost_s`` ago, gated by the stricter ``low_match_thresh``:
    they keep an occluded object's track alive, and pick it up again as it comes out weakly from behind an occluder,
    but never start a track.
-5. Left-over high-score detections are matched to the tentative tracks. A tentative track's velocity is still
+5. Confirmed tracks still unmatched get a second chance at the left-over high-score detections, their predicted
+   boxes widened by ``rescue_buffer`` standard deviations of their predicted position (which grow with the box size
+   and the time since the last detection): an object that turned, stopped or sped up while unseen keeps its id
+   instead of a new track starting next to its old one. Only after the ordinary associations, so a widened box
+   never takes a detection that fits another track's prediction.
+6. Left-over high-score detections are matched to the tentative tracks. A tentative track's velocity is still
    unknown, so its predicted box is widened by ``tentative_buffer`` standard deviations of its predicted position
    (which grow with the box size and the elapsed time): a fast object seen in two frames far apart still pairs up.
    The remaining detections scoring at least the new-track threshold (the split plus ``new_track_thresh -
    high_thresh``) start tentative tracks, unless one lies inside a box already matched in this frame (same label,
    intersection over its own area > ``duplicate_ioa``: a duplicate detection).
-6. A tentative track is confirmed -- and only then gets an id -- after ``n_init`` hits, at once on a stream's first
+7. A tentative track is confirmed -- and only then gets an id -- after ``n_init`` hits, at once on a stream's first
    update (as ByteTrack does), and at once when its first detection scores above both the median on-track score
    and all but ``confirm_fp_rate`` off-track detections per frame: a confident new object costs no frame, while a
    detector that often scores false positives that high gets no instant tracks. A tentative track is dropped when
