@@ -17,15 +17,17 @@ Per update (one frame of one stream):
 4. Low-score detections (``low_thresh <= score < high``) are matched to the confirmed tracks left over that were
    tracked in the previous update or lost at most ``low_lost_s`` ago, gated by the stricter ``low_match_thresh``:
    they keep an occluded object's track alive, and pick it up again as it comes out weakly from behind an occluder,
-   but never start a track.
+   but never start a track (they may confirm one, step 6).
 5. Confirmed tracks still unmatched get a second chance at the left-over high-score detections, their predicted
    boxes widened by ``rescue_buffer`` standard deviations of their predicted position (which grow with the box size
    and the time since the last detection): an object that turned, stopped or sped up while unseen keeps its id
    instead of a new track starting next to its old one. Only after the ordinary associations, so a widened box
    never takes a detection that fits another track's prediction.
-6. Left-over high-score detections are matched to the tentative tracks. A tentative track's velocity is still
-   unknown, so its predicted box is widened by ``tentative_buffer`` standard deviations of its predicted position
-   (which grow with the box size and the elapsed time): a fast object seen in two frames far apart still pairs up.
+6. Left-over high-score detections are matched to the tentative tracks, then left-over low-score ones to the
+   tentative tracks still unmatched (under ``low_match_thresh``: a weak second sighting confirms a new object). A
+   tentative track's velocity is still unknown, so its predicted box is widened by ``tentative_buffer`` standard
+   deviations of its predicted position (which grow with the box size and the elapsed time): a fast object seen in
+   two frames far apart still pairs up.
    The remaining detections scoring at least the new-track threshold (the split plus ``new_track_thresh -
    high_thresh``) start tentative tracks, unless one lies inside a box already matched in this frame (same label,
    intersection over its own area > ``duplicate_ioa``: a duplicate detection).
@@ -343,12 +345,19 @@ class ByteTracker:
             high = high[_others(len(high), c)]
         on_confirmed = det_track >= 0
 
-        # 4. left-over high-score detections vs tentative tracks (boxes widened by their uncertainty)
+        # 4. left-over high-score detections vs tentative tracks (boxes widened by their uncertainty) ...
         rows = np.flatnonzero(self._state == _TENTATIVE)
         r, c = _assign(1.0 - iou[rows[:, None], high], self.tentative_match_thresh)
         det_track[high[c]] = rows[r]
         matched[rows[r]] = True
         new = high[_others(len(high), c)]
+        # ... then left-over low-score detections, under the low-score gate: a weak second sighting of a new object
+        # confirms it, as weak detections keep confirmed tracks alive
+        rows = rows[~matched[rows]]
+        low = low[det_track[low] < 0]
+        r, c = _assign(1.0 - iou[rows[:, None], low], self.low_match_thresh)
+        det_track[low[c]] = rows[r]
+        matched[rows[r]] = True
         new = new[scores[new] >= new_t]
         if 0.0 < self.duplicate_ioa < 1.0 and len(new) and (det_track >= 0).any():
             taken = np.flatnonzero(det_track >= 0)
