@@ -131,8 +131,8 @@ def test_stream_skipping_frames_from_the_start() -> None:
     assert ids[0] == -1 and ids[1] > 0 and set(ids[1:]) == {ids[1]}
 
 
-def test_low_score_detections_keep_a_track_alive_but_never_start_one() -> None:
-    tracker = ByteTracker(frame_rate=FPS, track_buffer_s=1.0)
+def test_low_score_detections_keep_a_track_alive_and_without_the_weak_tier_never_start_one() -> None:
+    tracker = ByteTracker(frame_rate=FPS, track_buffer_s=1.0, weak_confirm_s=0.0)
     for f in range(3):
         tid = int(step(tracker, (box(100 + 3 * f, 100), 0.9, PERSON), t=f / FPS)[0])
     assert tid > 0
@@ -145,6 +145,42 @@ def test_low_score_detections_keep_a_track_alive_but_never_start_one() -> None:
     assert int(step(tracker, (box(100 + 3 * 53, 100), 0.9, PERSON), t=53 / FPS)[0]) == tid
     # below low_thresh: ignored altogether
     assert int(step(tracker, (box(100 + 3 * 54, 100), 0.05, PERSON), t=54 / FPS)[0]) == -1
+
+
+def _first_confirmed(tracker: ByteTracker, fps: float, seen: callable, seconds: float = 2.0) -> float | None:
+    """Feed a steady low-score (0.3) object, seen in the frames where ``seen(frame)``, next to a confident one;
+    return the time its track was confirmed (None: never)."""
+    for f in range(int(seconds * fps)):
+        items = [(box(300, 300), 0.9, PERSON)]
+        if seen(f):
+            items.append((box(100 + 30 * f / fps, 100), 0.3, CAR))
+        step(tracker, *items, t=f / fps)
+        for start in tracker.started:
+            if start.label == CAR:
+                return start.confirmed_time
+    return None
+
+
+@pytest.mark.parametrize("fps", [10.0, 25.0, 50.0])
+def test_weak_tier_starts_a_track_after_the_same_time_at_any_frame_rate(fps: float) -> None:
+    """An object the detector always scores under the split gets a track once it has been seen without a break for
+    `weak_confirm_s` (time, not frames), and its first detection's time is kept."""
+    confirmed = _first_confirmed(ByteTracker(frame_rate=fps, weak_confirm_s=0.2), fps, lambda f: f >= 1)
+    assert confirmed is not None and confirmed == pytest.approx(1 / fps + 0.2, abs=0.5 / fps)
+
+
+def test_weak_tier_needs_an_unbroken_run_and_ignores_scattered_low_scores() -> None:
+    # seen 4 frames in 5 at 25 fps: never 0.2 s without a miss
+    tracker = ByteTracker(frame_rate=FPS, weak_confirm_s=0.2)
+    assert _first_confirmed(tracker, FPS, lambda f: f % 5 != 4) is None
+    # low-score false positives that do not repeat in place (a new place every frame) start nothing
+    tracker = ByteTracker(frame_rate=FPS)
+    rng = np.random.default_rng(0)
+    for f in range(50):
+        x, y = rng.uniform(50, 600, 2)
+        step(tracker, (box(300, 300), 0.9, PERSON), (box(x, y), 0.3, PERSON), (box(y, x), 0.3, CAR), t=f / FPS)
+        assert all(s.label == PERSON and s.box[0] == 290 for s in tracker.started)
+    assert tracker.active_tracks == 1
 
 
 def test_detection_of_another_label_is_never_matched() -> None:

@@ -88,7 +88,7 @@ def test_ours_beats_a_crippled_configuration() -> None:
     regime = _short("occluded, under-confident", "held-out",
                     Detector(score=0.5, occlusion_miss=1.6, occlusion_score=0.4, fp_rate=1.0, fp_score=0.3),
                     max_objects=12)
-    crippled = {"adaptive": False, "n_init": 4, "track_buffer_s": 0.1}
+    crippled = {"adaptive": False, "n_init": 4, "track_buffer_s": 0.1, "weak_confirm_s": 0.0}
     good, bad = regime_scores([regime], ["ours"], seconds=4.0, params={}) + \
         regime_scores([regime], ["ours"], seconds=4.0, params={"ours": crippled})
     assert good.MOTA > bad.MOTA + 0.1 and good.IDF1 > bad.IDF1 + 0.1

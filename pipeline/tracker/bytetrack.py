@@ -27,14 +27,21 @@ Per update (one frame of one stream):
 6. Left-over high-score detections are matched to the tentative tracks. A tentative track's velocity is still
    unknown, so its predicted box is widened by ``tentative_buffer`` standard deviations of its predicted position
    (which grow with the box size and the elapsed time): a fast object seen in two frames far apart still pairs up.
-   The remaining detections scoring at least the new-track threshold (the split plus ``new_track_thresh -
-   high_thresh``) start tentative tracks, unless one lies inside a box already matched in this frame (same label,
-   intersection over its own area > ``duplicate_ioa``: a duplicate detection).
+   Then the weak tier (``weak_confirm_s`` > 0, default): the tentative tracks still unmatched take the left-over
+   detections of any score from ``low_thresh`` up, by plain IoU of the predicted box with the strict gate
+   ``weak_match_thresh``. The remaining detections start tentative tracks -- strong ones at or above the new-track
+   threshold (the split plus ``new_track_thresh - high_thresh``), weak ones below it -- unless one lies inside a box
+   already matched in this frame (same label, intersection over its own area > ``duplicate_ioa``: a duplicate
+   detection). So an object the detector scores under the split (an under-confident detector, a wide score spread,
+   the first frames before the split has adapted) still gets a track, while false positives, which do not repeat
+   in place frame after frame, do not.
 7. A tentative track is confirmed -- and only then gets an id -- after ``n_init`` hits, at once on a stream's first
    update (as ByteTrack does), and at once when its first detection scores above both the median on-track score
    and all but ``confirm_fp_rate`` off-track detections per frame: a confident new object costs no frame, while a
    detector that often scores false positives that high gets no instant tracks. A tentative track is dropped when
-   it goes ``tentative_keep_s`` without a detection. A confirmed track that is not matched becomes lost, and is
+   it goes ``tentative_keep_s`` without a detection. A weak tentative track needs an unbroken run of detections
+   spanning ``weak_confirm_s`` (in time, so the same at any frame rate; at least 2 and ``n_init`` detections) and
+   is dropped at its first miss. A confirmed track that is not matched becomes lost, and is
    removed ``track_buffer_s`` seconds after its last detection.
 
 With ``class_aware`` (default) a detection is never matched to a track of another label.
@@ -182,6 +189,11 @@ class ByteTracker:
         rescue_buffer: confirmed tracks left unmatched by the first two associations are matched to the left-over
             high-score detections with their predicted boxes widened by this many position stds (0, default: off;
             2.5 is what was measured for fast motion and low frame rates).
+        weak_confirm_s: weak track birth: left-over detections scoring in ``[low_thresh, new-track threshold)``
+            start weak tentative tracks, confirmed only after an unbroken run of detections (at least 2 and
+            ``n_init``) spanning this many seconds, and dropped at their first miss (0: off -- such detections never start a track).
+        weak_match_thresh: largest ``1 - IoU`` between a tentative track's predicted (not widened) box and a
+            left-over detection of any score above ``low_thresh`` (the weak tier's strict gate).
     """
 
     def __init__(
@@ -208,6 +220,8 @@ class ByteTracker:
         tentative_keep_s: float = 0.2,
         tentative_match_thresh: float = 0.99,
         rescue_buffer: float = 0.0,
+        weak_confirm_s: float = 0.03,
+        weak_match_thresh: float = 0.7,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
@@ -215,6 +229,8 @@ class ByteTracker:
             raise ValueError(f"need 0 <= low_thresh <= high_thresh, got {low_thresh}, {high_thresh}")
         if n_init < 1:
             raise ValueError(f"n_init must be >= 1, got {n_init}")
+        if weak_confirm_s < 0:
+            raise ValueError(f"weak_confirm_s must be >= 0, got {weak_confirm_s}")
         if track_buffer_s < 0:
             raise ValueError(f"track_buffer_s must be >= 0, got {track_buffer_s}")
         self.frame_rate = float(frame_rate)
@@ -238,6 +254,8 @@ class ByteTracker:
         self.tentative_keep_s = float(tentative_keep_s)
         self.tentative_match_thresh = float(tentative_match_thresh)
         self.rescue_buffer = float(rescue_buffer)
+        self.weak_confirm_s = float(weak_confirm_s)
+        self.weak_match_thresh = float(weak_match_thresh)
         # Running score histograms (exponentially forgotten): scores of detections on established tracks (true
         # objects, mostly) and of detections left on no track (false positives, mostly). The adaptive thresholds
         # split them where the fewest detections fall on the wrong side.
@@ -266,6 +284,7 @@ class ByteTracker:
         self._best_score = np.zeros(0)
         self._first_box = np.zeros((0, 4))
         self._last_box = np.zeros((0, 4))
+        self._weak = np.zeros(0, bool)  # tentative born weak or next to a confirmed track: needs a longer streak
 
     # ------------------------------------------------------------------ public
 
@@ -330,6 +349,7 @@ class ByteTracker:
         r, c = _assign(1.0 - iou[rows[:, None], low], self.low_match_thresh)
         det_track[low[c]] = rows[r]
         matched[rows[r]] = True
+        low = low[_others(len(low), c)]
 
         # 3. left-over high-score detections vs confirmed tracks still unmatched, their predicted boxes widened by
         # their position uncertainty (grows with box size and the time since the last detection): a track whose
@@ -350,8 +370,23 @@ class ByteTracker:
         r, c = _assign(1.0 - iou[rows[:, None], high], self.tentative_match_thresh)
         det_track[high[c]] = rows[r]
         matched[rows[r]] = True
-        new = high[_others(len(high), c)]
-        new = new[scores[new] >= new_t]
+        high = high[_others(len(high), c)]
+        new = high[scores[high] >= new_t]
+        if self.weak_confirm_s > 0:
+            # 4b. weak tier: the tentative tracks left take the left-over detections (low-score ones too) by plain
+            # IoU with a strict gate (no widened box: a chain of unrelated false positives must not pass); the
+            # detections left start tentative tracks, weak ones below the new-track threshold
+            rest = np.concatenate([low, high])
+            rows = np.flatnonzero((self._state == _TENTATIVE) & ~matched)
+            if len(rows) and len(rest):
+                plain = iou_matrix(_cxcywh_to_xyxy(self._mean[rows, :, 0]), boxes[rest])
+                if self.class_aware:
+                    plain[self._label[rows][:, None] != labels[rest][None, :]] = -_FORBIDDEN
+                r, c = _assign(1.0 - plain, self.weak_match_thresh)
+                det_track[rest[c]] = rows[r]
+                matched[rows[r]] = True
+                rest = rest[_others(len(rest), c)]
+            new = rest
         if 0.0 < self.duplicate_ioa < 1.0 and len(new) and (det_track >= 0).any():
             taken = np.flatnonzero(det_track >= 0)
             dup = (_ioa_matrix(boxes[new], boxes[taken]) > self.duplicate_ioa) & (
@@ -377,14 +412,19 @@ class ByteTracker:
         self._hits[~matched] = 0
         self._state[~matched & (self._state == _TRACKED)] = _LOST
 
-        # 5. new tentative tracks
+        # 5. new tentative tracks; weak ones (scoring below the new-track threshold) need `weak_confirm_s` of
+        # consecutive detections to be confirmed
         if len(new):
             det_track[new] = np.arange(len(self._id), len(self._id) + len(new))
-            self._spawn(boxes[new], scores[new], labels[new], now)
+            self._spawn(boxes[new], scores[new], labels[new], now, scores[new] < new_t)
 
         # 6. confirmation (at once on a stream's first update), then removal of dead tracks
         hits = self._frames if self.tentative_keep_s > 0 else self._hits
         confirm = ((hits >= self.n_init) & (self._hits > 0)) | first_update | (self._first_score >= confirm_t)
+        if self.weak_confirm_s > 0:
+            # weak tentatives: an unbroken streak (they die at their first miss) of at least `weak_confirm_s`
+            streak = (self._hits >= max(2, self.n_init)) & (now - self._first_time >= self.weak_confirm_s - 1e-6)
+            confirm = np.where(self._weak, streak, confirm)
         for row in np.flatnonzero((self._state == _TENTATIVE) & confirm):
             self._state[row] = _TRACKED
             self._id[row] = self._next_id
@@ -393,7 +433,8 @@ class ByteTracker:
                 track_id=int(self._id[row]), label=int(self._label[row]), box=_box_tuple(self._first_box[row]),
                 time=float(self._first_time[row]), confirmed_time=now, score=float(self._first_score[row]),
             ))
-        dead = (self._state == _TENTATIVE) & (self._hits == 0) & (now - self._last_time > self.tentative_keep_s)
+        dead = (self._state == _TENTATIVE) & (self._hits == 0) & (
+            (now - self._last_time > self.tentative_keep_s) | self._weak)
         dead |= (self._state == _LOST) & (now - self._last_time > self.track_buffer_s)
 
         ids = np.full(n, -1, np.int64)
@@ -500,7 +541,8 @@ class ByteTracker:
         self._mean[rows] = m
         self._cov[rows] = p
 
-    def _spawn(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, now: float) -> None:
+    def _spawn(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, now: float,
+               weak: np.ndarray) -> None:
         k = len(boxes)
         z = _xyxy_to_cxcywh(boxes)
         mean = np.zeros((k, 4, 2))
@@ -513,14 +555,14 @@ class ByteTracker:
             "_mean": mean, "_cov": cov, "_id": np.zeros(k, np.int64), "_label": labels,
             "_state": np.full(k, _TENTATIVE, np.int8), "_hits": np.ones(k, np.int64), "_frames": np.ones(k, np.int64),
             "_first_time": np.full(k, now), "_last_time": np.full(k, now), "_first_score": scores,
-            "_best_score": scores, "_first_box": boxes, "_last_box": boxes,
+            "_best_score": scores, "_first_box": boxes, "_last_box": boxes, "_weak": weak,
         }
         for name, value in add.items():
             setattr(self, name, np.concatenate([getattr(self, name), value]))
 
     def _keep(self, keep: np.ndarray) -> None:
         for name in ("_mean", "_cov", "_id", "_label", "_state", "_hits", "_frames", "_first_time", "_last_time",
-                     "_first_score", "_best_score", "_first_box", "_last_box"):
+                     "_first_score", "_best_score", "_first_box", "_last_box", "_weak"):
             setattr(self, name, getattr(self, name)[keep])
 
     def _end(self, rows: np.ndarray) -> list[TrackEnd]:
