@@ -2,6 +2,8 @@
 detections and label changes; id rules; lifecycle information; and one end-to-end clip with the shipped detector."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -147,7 +149,7 @@ def test_low_score_detections_keep_a_track_alive_and_without_the_weak_tier_never
     assert int(step(tracker, (box(100 + 3 * 54, 100), 0.05, PERSON), t=54 / FPS)[0]) == -1
 
 
-def _first_confirmed(tracker: ByteTracker, fps: float, seen: callable, seconds: float = 2.0) -> float | None:
+def _first_confirmed(tracker: ByteTracker, fps: float, seen: Callable[[int], bool], seconds: float = 2.0) -> float | None:
     """Feed a steady low-score (0.3) object, seen in the frames where ``seen(frame)``, next to a confident one;
     return the time its track was confirmed (None: never)."""
     for f in range(int(seconds * fps)):

@@ -17,7 +17,7 @@ Per update (one frame of one stream):
 4. Low-score detections (``low_thresh <= score < high``) are matched to the confirmed tracks left over that were
    tracked in the previous update or lost at most ``low_lost_s`` ago, gated by the stricter ``low_match_thresh``:
    they keep an occluded object's track alive, and pick it up again as it comes out weakly from behind an occluder,
-   but never start a track.
+   but start a track only through the weak tier (step 6).
 5. Optional (``rescue_buffer`` > 0, off by default): confirmed tracks still unmatched get a second chance at the
    left-over high-score detections, their predicted boxes widened by ``rescue_buffer`` standard deviations of their
    predicted position (which grow with the box size and the time since the last detection): an object that turned
@@ -191,7 +191,8 @@ class ByteTracker:
             2.5 is what was measured for fast motion and low frame rates).
         weak_confirm_s: weak track birth: left-over detections scoring in ``[low_thresh, new-track threshold)``
             start weak tentative tracks, confirmed only after an unbroken run of detections (at least 2 and
-            ``n_init``) spanning this many seconds, and dropped at their first miss (0: off -- such detections never start a track).
+            ``n_init``) spanning this many seconds, and dropped at their first miss (0: off -- such detections never
+            start a track).
         weak_match_thresh: largest ``1 - IoU`` between a tentative track's predicted (not widened) box and a
             left-over detection of any score above ``low_thresh`` (the weak tier's strict gate).
     """
