@@ -34,7 +34,7 @@ def test_redis_kills_hangs_and_an_empty_restart_lose_nothing_acknowledged(tmp_pa
 def test_run_killed_at_random_moments_then_resumed_publishes_every_frame_once_in_order(tmp_path: Path) -> None:
     out = tmp_path / "resume.json"
     result = subprocess.run(
-        [sys.executable, "-m", "tests.chaos.resume_chaos", "--kills", "2", "--frames", "300", "--load-cameras", "2",
+        [sys.executable, "-m", "tests.chaos.resume_chaos", "--kills", "2", "--frames", "200", "--load-cameras", "2",
          "--seed", "5", "--json", str(out)],
         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr[-5000:]

@@ -55,9 +55,15 @@ def stream_check(client: redis.Redis, camera: str) -> dict[str, int]:
 
 
 def _run_args(video: Path, url: str, paced: bool, camera: str = "clip") -> list[str]:
-    args = ["--log-level", "warning", "run", "--source", f"{camera}={video}", "--redis-url", url, "--prefix", PREFIX,
-            "--resume", "--no-progress"]
-    return args + (["--realtime"] if paced else [])
+    args = ["--log-level", "warning", "run", "--redis-url", url, "--prefix", PREFIX, "--resume", "--no-progress"]
+    if not paced:
+        return args + ["--source", f"{camera}={video}"]
+    # Paced: released at its frame rate, like a camera; a live queue long enough that the engine (2 busy cores)
+    # never drops a frame, so the promise stays "every frame": what is checked here is resuming, not drop-oldest.
+    config = video.with_suffix(".paced.yaml")
+    config.write_text(f"cameras: [{{name: {camera}, url: '{video}', realtime: true}}]\n"
+                      "runtime: {live_queue_size: 10000}\n")
+    return args + ["--config", str(config)]
 
 
 def _wait_growth(client: redis.Redis, key: str, above: int, run: CliProcess, timeout: float = 240) -> bool:

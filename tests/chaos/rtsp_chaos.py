@@ -3,8 +3,9 @@ several at once, while one `run` publishes them (`make chaos`; a short version i
 
 Each camera has its own server process (tests/rtsp.py), so each can fail alone. Rounds: 1 to 3 cameras at random
 get a fault each, at random offsets: kill -9 (the server comes back on the same port after 0..MAX_DOWN s), a hang
-(SIGSTOP for 0.3..MAX_HANG s, then SIGCONT) or a restart (stopped and started again at once). A round ends when every
-faulted camera is online again. Promises, checked per fault and over the run:
+(SIGSTOP, then SIGCONT: shorter than the read timeout, or longer, up to MAX_HANG s) or a restart (stopped and
+started again at once). A round ends when every faulted camera is online again. Promises, checked per fault and
+over the run:
 
 - every camera comes back within its backoff: from the moment its server answers again to its `online` event, at
   most the longest reconnect delay (`max_s` x (1 + jitter)) plus one open (`open_timeout_s`) and the first frame;
@@ -86,9 +87,10 @@ def inject(fault: Fault, server: RtspServer, offset: float, rng: random.Random, 
            max_hang: float) -> None:
     time.sleep(offset)
     fault.at = time.time()
-    if fault.kind == "hang":
+    if fault.kind == "hang":  # shorter than the read timeout (must go unnoticed) or clearly longer (must not)
+        short = rng.random() < 0.4
         server.pause()
-        time.sleep(rng.uniform(0.3, max_hang))
+        time.sleep(rng.uniform(0.3, READ_TIMEOUT_S - 0.5) if short else rng.uniform(READ_TIMEOUT_S + 1.2, max_hang))
         server.resume()
     elif fault.kind == "kill":
         server.kill()
@@ -203,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         beyond = [f"{f.camera} {f.kind}: {f.online - f.back:.2f} s" for f in faults
                   if f.online is not None and f.events and f.online - f.back > bound_s]
         accounted = all(s["decoded"] == s["published"] + s["dropped"] for s in report["streams"].values())
+        short_hangs = sum(1 for f in faults if f.kind == "hang" and f.expected_pairs == (0,))
         kinds = {k: sum(f.kind == k for f in faults) for k in ("kill", "hang", "restart")}
         at_once = {k: sum(1 for r in range(args.rounds) if sum(f.round == r for f in faults) == k)
                    for k in range(1, args.max_at_once + 1)}
@@ -210,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             "faults": len(faults), "kinds": kinds, "rounds_by_cameras_at_fault": at_once, "cameras": args.cameras,
             "pairs": sum(s == "offline" for f in faults for s, _ in f.events),
             "hangs_unnoticed": sum(1 for f in faults if f.kind == "hang" and not f.events),
+            "short_hangs": short_hangs,
             "time_to_online_s": {"median": round(statistics.median(to_online), 2) if to_online else None,
                                  "max": round(max(to_online), 2) if to_online else None},
             "bound_s": round(bound_s, 2), "beyond_bound": beyond, "unrecovered": unrecovered, "stalls": stalls,
@@ -220,13 +224,14 @@ def main(argv: list[str] | None = None) -> int:
               and accounted)
         result["ok"] = ok
         print(json.dumps(result, indent=1))
-        tto = result["time_to_online_s"]
-        print(f"\n| faults | kill / hang / restart | at once (rounds of 1/2/3) | offline/online pairs | "
-              f"time to online, median / max (bound) | stalls | inexact events | exit |\n|---|---|---|---|---|---|---|---|"
-              f"\n| {len(faults)} over {args.cameras} cameras | {kinds['kill']} / {kinds['hang']} / {kinds['restart']} | "
+        tto: dict[str, float | None] = result["time_to_online_s"]  # type: ignore[assignment]
+        print("\n| faults | kill / hang / restart | rounds with 1 / 2 / 3 at fault | offline/online pairs | "
+              "short hangs unnoticed | time to online, median / max (bound) | stalls | inexact events | exit |\n"
+              "|---|---|---|---|---|---|---|---|---|")
+        print(f"| {len(faults)} over {args.cameras} cameras | {kinds['kill']} / {kinds['hang']} / {kinds['restart']} | "
               f"{' / '.join(str(v) for v in at_once.values())} | {result['pairs']} | "
-              f"{tto['median']} / {tto['max']} s ({bound_s:.1f} s) | {len(stalls)} | {len(inexact) + len(strays)} | "  # type: ignore[index]
-              f"{rc} |")
+              f"{result['hangs_unnoticed']} of {short_hangs} | {tto['median']} / {tto['max']} s ({bound_s:.1f} s) | "
+              f"{len(stalls)} | {len(inexact) + len(strays)} | {rc} |")
         print("promises held" if ok else "PROMISE FAILED", flush=True)
         if not ok:
             print(stderr[-5000:], file=sys.stderr)
