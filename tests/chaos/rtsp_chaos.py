@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             if states != ["offline", "online"] * pairs or pairs not in f.expected_pairs:
                 inexact.append(f"{f.camera} {f.kind} {f.duration_s:.1f} s (round {f.round}): {states}")
         to_online = [f.online - f.back for f in faults if f.online is not None and f.events]
+        noticed = [next(ts for s, ts in f.events if s == "offline") - f.at
+                   for f in faults if f.kind == "hang" and f.events]
         beyond = [f"{f.camera} {f.kind}: {f.online - f.back:.2f} s" for f in faults
                   if f.online is not None and f.events and f.online - f.back > bound_s]
         accounted = all(s["decoded"] == s["published"] + s["dropped"] for s in report["streams"].values())
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             "short_hangs": short_hangs,
             "time_to_online_s": {"median": round(statistics.median(to_online), 2) if to_online else None,
                                  "max": round(max(to_online), 2) if to_online else None},
+            "hang_noticed_after_s": [round(min(noticed), 2), round(max(noticed), 2)] if noticed else None,
             "bound_s": round(bound_s, 2), "beyond_bound": beyond, "unrecovered": unrecovered, "stalls": stalls,
             "inexact_events": inexact, "stray_events": strays, "exit": rc, "frames_accounted": accounted,
             "published": report.get("published"), "seconds": round(time.monotonic() - started),
