@@ -17,6 +17,8 @@ cluster: {max_cameras_per_worker: 8}    # only with `run --cluster` (docs/cluste
 """
 from __future__ import annotations
 
+import difflib
+
 import ipaddress
 import os
 import re
@@ -147,12 +149,25 @@ def _unique_regions(model: Any) -> Any:
     return model
 
 
+NOT_A_CLASS = ("__background__", "N/A")  # placeholders in a model's label list (torchvision's COCO has "N/A" gaps)
+
+
+def unknown_label(label: str, label_names: Sequence[str]) -> str | None:
+    """None when the model has `label`; else why not, with the closest names and every label it has."""
+    known = [n for n in label_names if n and n not in NOT_A_CLASS]
+    if label in known:
+        return None
+    close = difflib.get_close_matches(label, known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"the model has no label {label!r}; {hint}its labels: {', '.join(known)}"
+
+
 def check_labels(analytics: AnalyticsConfig | CameraConfig, label_names: Sequence[str]) -> list[str]:
     """Label filters naming a class the detector does not have: one message each."""
-    known = [n for n in label_names if n and n != "__background__"]
-    return [f"{kind} {r.name!r}: unknown label {label!r} (known: {', '.join(known)})"
+    return [f"{kind} {r.name!r}: {reason}"
             for kind, regions in (("zone", analytics.zones), ("line", analytics.lines))
-            for r in regions for label in r.labels or () if label not in known]
+            for r in regions for label in r.labels or ()
+            if (reason := unknown_label(label, label_names)) is not None]
 
 
 class CameraConfig(_Strict):

@@ -74,11 +74,12 @@ class RtspServer:
 
     def __init__(self, mounts: Mapping[str, str | Path], port: int = 0, fps: int | str = 25,
                  bind: str = "127.0.0.1", user: str | None = None, password: str | None = None,
-                 start_timeout: float = 15.0) -> None:
+                 start_timeout: float = 15.0, protocols: str = "tcp,udp") -> None:
         self.mounts = {("/" + m.lstrip("/")): Path(f) for m, f in mounts.items()}
         self.port, self.fps, self.bind = port, fps, bind
         self.user, self.password = user, password
         self.start_timeout = start_timeout
+        self.protocols = protocols  # lower transports the server offers: "tcp", "udp" or "tcp,udp"
         self.proc: subprocess.Popen[str] | None = None
         self._stderr: tempfile._TemporaryFileWrapper[str] | None = None
 
@@ -88,7 +89,7 @@ class RtspServer:
         if self.running:
             raise RuntimeError("RTSP server already running")
         cmd = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", str(self.port), "--bind", self.bind,
-               "--fps", str(self.fps)]
+               "--fps", str(self.fps), "--protocols", self.protocols]
         for mount, file in self.mounts.items():
             cmd += ["--mount", f"{mount}={file}"]
         if self.user is not None:

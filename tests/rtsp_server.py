@@ -4,10 +4,11 @@
 Runs under Debian's ``/usr/bin/python3`` (GStreamer's ``gi`` bindings do not import in a venv)::
 
     rtsp_server.py --port 8554 --mount /cam1=a.h264 [--mount /cam2=b.h264] [--fps 25]
-                   [--bind 127.0.0.1] [--user U --password P]
+                   [--bind 127.0.0.1] [--user U --password P] [--protocols tcp,udp]
 
 Each mount is one shared pipeline (all clients see the same stream), paced in real time at the file's frame
-rate, over RTSP/TCP or RTP/UDP. ``--fps`` is only a fallback: h264parse prefers the rate in the SPS's VUI
+rate, over RTSP/TCP or RTP/UDP (``--protocols`` limits the lower transports a client may set up: a camera that
+only speaks UDP refuses TCP with 461 Unsupported transport). ``--fps`` is only a fallback: h264parse prefers the rate in the SPS's VUI
 timing info, which x264 (and so lab.synth) always writes. Prints ``READY <port>`` on stdout once
 listening (``--port 0`` picks a free port). Exits 0 on SIGTERM/SIGINT. Needs python3-gi,
 gir1.2-gst-rtsp-server-1.0 and gstreamer1.0-plugins-{base,good,bad} (``make system-deps``).
@@ -45,7 +46,11 @@ def _on_media_configure(_factory: GstRtspServer.RTSPMediaFactory, media: GstRtsp
     parse.get_static_pad("src").add_probe(Gst.PadProbeType.BUFFER, _pts_from_dts)
 
 
-def make_factory(path: Path, fps: Fraction, permissions: GstRtspServer.RTSPPermissions | None
+PROTOCOLS = {"tcp": GstRtsp.RTSPLowerTrans.TCP, "udp": GstRtsp.RTSPLowerTrans.UDP}
+
+
+def make_factory(path: Path, fps: Fraction, permissions: GstRtspServer.RTSPPermissions | None,
+                 protocols: GstRtsp.RTSPLowerTrans = PROTOCOLS["tcp"] | PROTOCOLS["udp"]
                  ) -> GstRtspServer.RTSPMediaFactory:
     # multifilesrc loop=true re-reads the file forever; the caps' framerate lets h264parse interpolate
     # timestamps across loops; identity sync=true paces buffers at real time (and, returning NO_PREROLL,
@@ -58,7 +63,7 @@ def make_factory(path: Path, fps: Fraction, permissions: GstRtspServer.RTSPPermi
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(launch)
     factory.set_shared(True)
-    factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP | GstRtsp.RTSPLowerTrans.UDP)
+    factory.set_protocols(protocols)
     factory.connect("media-configure", _on_media_configure)
     if permissions is not None:
         factory.set_permissions(permissions)
@@ -73,7 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=Fraction, default=Fraction(25), help="if the SPS has no timing info")
     ap.add_argument("--user")
     ap.add_argument("--password")
+    ap.add_argument("--protocols", default="tcp,udp", help="lower transports offered: tcp, udp or tcp,udp")
     args = ap.parse_args(argv)
+    names = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    if not names or any(p not in PROTOCOLS for p in names):
+        ap.error(f"--protocols wants tcp, udp or tcp,udp, got {args.protocols!r}")
+    protocols = PROTOCOLS[names[0]]
+    for name in names[1:]:
+        protocols |= PROTOCOLS[name]
     if (args.user is None) != (args.password is None):
         ap.error("--user and --password go together")
 
@@ -99,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(file)
         if not sep or not mount.startswith("/") or not path.is_file():
             ap.error(f"--mount wants /PATH=EXISTING_FILE, got {spec!r}")
-        mounts.add_factory(mount, make_factory(path.resolve(), args.fps, permissions))
+        mounts.add_factory(mount, make_factory(path.resolve(), args.fps, permissions, protocols))
 
     loop = GLib.MainLoop()
     if server.attach(None) == 0:

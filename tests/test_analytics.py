@@ -110,7 +110,7 @@ def test_zones_edited_through_the_api_apply_without_restart(tmp_path: Path, dete
                 "self-intersection": {"zones": [{"name": "bow", "points": [[10, 10], [100, 100], [100, 10],
                                                                            [10, 100]]}]},
                 "outside the 320x240 frame": {"zones": [{"name": "big", "points": [[0, 0], [400, 0], [400, 200]]}]},
-                "unknown label 'forklift'": {"lines": [{"name": "l", "points": [[0, 0], [9, 9]],
+                "no label 'forklift'": {"lines": [{"name": "l", "points": [[0, 0], [9, 9]],
                                                          "labels": ["forklift"]}]},
                 "at least 3 points": {"zones": [{"name": "z", "points": [[0, 0], [9, 9]]}]},
             }
@@ -190,7 +190,7 @@ def test_invalid_zones_and_lines_are_refused_with_the_reason() -> None:
             load_config(data={"cameras": [{"name": "c", "url": "x.mp4", **regions}]})
     camera = load_config(data={"cameras": [{"name": "c", "url": "x.mp4", "lines": [
         {"name": "l", "points": [[0, 0], [5, 5]], "labels": ["person", "forklift"]}]}]}).cameras[0]
-    assert check_labels(camera, LABELS) == ["line 'l': unknown label 'forklift' (known: person, car, sign)"]
+    assert check_labels(camera, LABELS) == ["line 'l': the model has no label 'forklift'; its labels: person, car, sign"]
     assert camera.lines[0].outside_frame(4, 4) == "l: point 1 (5, 5) is outside the 4x4 frame"
 
 

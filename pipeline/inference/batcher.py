@@ -114,10 +114,19 @@ class CameraQueues:
 
     def _next(self) -> object | None:
         keys = list(self._queues)
+        # A camera removed and added again (reload, API) has two queues for a while: the new reader's frames wait
+        # until the old one's last frames and its StreamEnd are out, so the stream never goes back and forth.
+        waiting, names = set(), set()
+        for key in keys:
+            q = self._queues[key]
+            if q.name in names:
+                waiting.add(key)
+            if q.items:
+                names.add(q.name)
         for offset in range(len(keys)):
             key = keys[(self._cursor + offset) % len(keys)]
             q = self._queues[key]
-            while q.items:
+            while q.items and key not in waiting:
                 item = q.items.popleft()
                 if isinstance(item, StreamEnd):
                     del self._queues[key]

@@ -2,7 +2,6 @@
 releases the images (but those a later stage needs)."""
 from __future__ import annotations
 
-import difflib
 import logging
 import threading
 import time
@@ -14,14 +13,11 @@ from typing import Literal
 import numpy as np
 
 from engines.base import Detections, Detector
-from pipeline.config import ConfigError, EngineConfig
+from pipeline.config import NOT_A_CLASS, ConfigError, EngineConfig, unknown_label
 from pipeline.frame import Batch, BatchResult, FrameResult
 from pipeline.stage import Channel, RunContext, Stage
 
 log = logging.getLogger(__name__)
-
-#: Label names that are placeholders, not classes (torchvision's COCO list has both).
-_NOT_A_CLASS = ("__background__", "N/A")
 
 
 @dataclass(frozen=True)
@@ -41,14 +37,11 @@ class DetectionFilter:
         """
         if engine.classes is None and not engine.filters:
             return None
-        index = {name: i for i, name in enumerate(label_names) if name not in _NOT_A_CLASS}
+        index = {name: i for i, name in enumerate(label_names) if name not in NOT_A_CLASS}
 
         def label_id(name: str, key: str) -> int:
-            if name not in index:
-                close = difflib.get_close_matches(name, list(index), n=3, cutoff=0.6)
-                hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-                raise ConfigError(f"engine.{key}: the model has no label {name!r}; {hint}its labels: "
-                                  f"{', '.join(index)}")
+            if (reason := unknown_label(name, label_names)) is not None:
+                raise ConfigError(f"engine.{key}: {reason}")
             return index[name]
 
         n = len(label_names)
