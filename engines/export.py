@@ -2,7 +2,9 @@
 
 - `dense.onnx`: images [batch, H, W, 3] (RGB pixels 0..255, normalised in the graph; static H x W, dynamic batch)
   -> per feature level: feature map, RPN objectness, RPN box deltas.
-- `box_head.onnx`: RoI-pooled features [rois, C, 7, 7] (dynamic rois) -> class logits, box deltas.
+- `roi_heads.onnx`: the feature levels RoIAlign pools from ([batch, C, h, w] each, as dense.onnx gives them) and
+  rois [rois, 5] (image index in the batch, x1, y1, x2, y2; dynamic rois) -> class logits, box deltas: RoIAlign and
+  the box head over every RoI of a batch in one run.
 - `manifest.json`: what the runtime needs to use them (arch, labels, input size, hashes).
 """
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +22,20 @@ import torch
 
 from engines.base import EngineError
 from engines.models import LoadedModel
-from engines.split import INPUT_LAYOUT, BoxHeadStage, DenseStage, feature_names, input_size_for, roi_input_shape
+from engines.split import (
+    INPUT_LAYOUT,
+    DenseStage,
+    RoIHeadsStage,
+    feature_names,
+    input_size_for,
+    pooled_levels,
+    roi_input_shape,
+)
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-DENSE_FILE, BOX_HEAD_FILE, MANIFEST_FILE = "dense.onnx", "box_head.onnx", "manifest.json"
+DENSE_FILE, ROI_HEADS_FILE, MANIFEST_FILE = "dense.onnx", "roi_heads.onnx", "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -37,8 +48,8 @@ class ExportedModel:
         return self.directory / DENSE_FILE
 
     @property
-    def box_head_path(self) -> Path:
-        return self.directory / BOX_HEAD_FILE
+    def roi_heads_path(self) -> Path:
+        return self.directory / ROI_HEADS_FILE
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -61,7 +72,7 @@ def dense_output_names(levels: int) -> list[str]:
 def export_onnx(
     loaded: LoadedModel, out_dir: str | Path, frame_size: tuple[int, int] = (640, 360), weights: Path | None = None
 ) -> ExportedModel:
-    """Write dense.onnx, box_head.onnx and manifest.json for frames of `frame_size` (width, height)."""
+    """Write dense.onnx, roi_heads.onnx and manifest.json for frames of `frame_size` (width, height)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = loaded.model.eval()
@@ -76,15 +87,25 @@ def export_onnx(
             opset_version=OPSET, do_constant_folding=True, dynamo=False,
         )
         roi_shape = roi_input_shape(model)
-        torch.onnx.export(
-            BoxHeadStage(model).eval(), (torch.zeros(8, *roi_shape),), str(out / BOX_HEAD_FILE),
-            input_names=["pooled"], output_names=["class_logits", "box_deltas"],
-            dynamic_axes={"pooled": {0: "rois"}, "class_logits": {0: "rois"}, "box_deltas": {0: "rois"}},
-            opset_version=OPSET, do_constant_folding=True, dynamo=False,
-        )
+        # Traced on the dense stage's real feature shapes, 2 images and RoIs of both, one of them degenerate.
+        levels = DenseStage(model).eval()(torch.zeros(2, height, width, 3))[: len(names)]
+        pooled = [levels[i] for i in pooled_levels(model)]
+        level_names = [outputs[i] for i in pooled_levels(model)]
+        rois = torch.tensor([[0, 0, 0, width, height], [1, 8, 8, 40, 64], [1, 100, 50, 100, 50],
+                             [0, 2, 3, 17, 11]], dtype=torch.float32)
+        roi_axes = {name: {0: "batch"} for name in level_names}
+        roi_axes.update({"rois": {0: "rois"}, "class_logits": {0: "rois"}, "box_deltas": {0: "rois"}})
+        with warnings.catch_warnings():
+            # roi_align's input checks and the level mapper's eps trace as constants: right for a static input size.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                RoIHeadsStage(model, (height, width)).eval(), (*pooled, rois), str(out / ROI_HEADS_FILE),
+                input_names=[*level_names, "rois"], output_names=["class_logits", "box_deltas"], dynamic_axes=roi_axes,
+                opset_version=OPSET, do_constant_folding=True, dynamo=False,
+            )
     # The FPN's upsampling leaves feature sizes symbolic in the traced graph; with a static image size they are
     # static, and shape inference writes that down (TensorRT then needs no shape ranges for them).
-    for path in (out / DENSE_FILE, out / BOX_HEAD_FILE):
+    for path in (out / DENSE_FILE, out / ROI_HEADS_FILE):
         onnx.save(onnx.shape_inference.infer_shapes(onnx.load(str(path)), data_prop=True), str(path))
     manifest = {
         "arch": loaded.arch,
@@ -97,7 +118,7 @@ def export_onnx(
         "opset": OPSET,
         "weights_sha256": file_sha256(weights) if weights else None,
         "dense_sha256": file_sha256(out / DENSE_FILE),
-        "box_head_sha256": file_sha256(out / BOX_HEAD_FILE),
+        "roi_heads_sha256": file_sha256(out / ROI_HEADS_FILE),
         "torch": torch.__version__,
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
@@ -115,7 +136,7 @@ def load_exported(directory: str | Path) -> ExportedModel:
         raise EngineError(f"{directory} holds an export from an older version (its dense graph takes normalised "
                           f"NCHW images, this version feeds {INPUT_LAYOUT}): export the model again")
     exported = ExportedModel(directory, manifest)
-    for path in (exported.dense_path, exported.box_head_path):
+    for path in (exported.dense_path, exported.roi_heads_path):
         if not path.is_file():
             raise EngineError(f"{path} is missing: export the model again")
     return exported

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend (CPU): the exported graphs in ONNX Runtime, the glue in torchvision."""
+"""ONNX Runtime backend (CPU): the exported graphs in ONNX Runtime (all cores), the glue in torchvision."""
 from __future__ import annotations
 
 import logging
@@ -29,11 +29,11 @@ def _session(path: str, threads: int | None) -> ort.InferenceSession:
 
 
 def _runner(session: ort.InferenceSession) -> GraphRunner:
-    input_name = session.get_inputs()[0].name
+    input_names = [i.name for i in session.get_inputs()]
 
-    def run(x: Tensor) -> list[Tensor]:
-        outputs = session.run(None, {input_name: np.ascontiguousarray(x.numpy(), dtype=np.float32)})
-        return [torch.from_numpy(o) for o in outputs]
+    def run(*xs: Tensor) -> list[Tensor]:
+        feeds = {name: np.ascontiguousarray(x.numpy(), dtype=np.float32) for name, x in zip(input_names, xs)}
+        return [torch.from_numpy(o) for o in session.run(None, feeds)]
 
     return run
 
@@ -54,7 +54,7 @@ def create_onnxruntime_detector(
 
         dense_path = int8_dense_path(exported)
     dense = _session(str(dense_path), threads)
-    box_head = _session(str(exported.box_head_path), threads)
+    roi_heads = _session(str(exported.roi_heads_path), threads)
     return SplitDetector(
-        loaded, _runner(dense), _runner(box_head), exported.input_size, "onnxruntime", score_threshold=score_threshold
+        loaded, _runner(dense), _runner(roi_heads), exported.input_size, "onnxruntime", score_threshold=score_threshold
     )

@@ -1,10 +1,11 @@
-"""Faster R-CNN split for accelerated backends: the dense part in ONNX Runtime or TensorRT, the rest in torchvision.
+"""Faster R-CNN split for accelerated backends: two graphs in ONNX Runtime or TensorRT, the glue in torchvision.
 
 The dense part (backbone, FPN if any, RPN head) holds nearly all the FLOPs and exports cleanly with a static image
-size and a dynamic batch. Proposal selection (anchor decoding, top-k, NMS), RoIAlign and detection post-processing
-stay as torchvision ops around it: they are data-dependent, cheap, and this keeps the backends in parity with the
-eager reference. The box head (two FC layers + predictor) is exported as a second small graph with a dynamic RoI
-dimension. docs/model.md describes the split.
+size and a dynamic batch. The RoI heads graph takes the pooled feature levels and every RoI of the batch at once
+(RoIAlign, as torchvision's MultiScaleRoIAlign, then the box head and predictor) with a dynamic RoI dimension.
+Proposal selection (anchor decoding, top-k, NMS) and detection post-processing stay as torchvision ops between them:
+they are data-dependent and cheap, and this keeps the backends in parity with the eager reference. docs/model.md
+describes the split.
 """
 from __future__ import annotations
 
@@ -19,15 +20,17 @@ from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import batched_nms, roi_align
+from torchvision.ops.poolers import _onnx_merge_levels, _setup_scales
 
 from engines.base import Detections, Detector
 from engines.models import LoadedModel
 
 #: The parts of `SplitDetector.detect`, in order, as `timings` names them.
-PARTS: tuple[str, ...] = ("preprocess", "dense", "proposals", "roi_align", "box_head", "postprocess")
+PARTS: tuple[str, ...] = ("preprocess", "dense", "proposals", "roi_heads", "postprocess")
 
-#: Runs one exported graph: input tensor in, output tensors out (in the graph's output order).
-GraphRunner = Callable[[Tensor], Sequence[Tensor]]
+#: Runs one exported graph: input tensors in (in the graph's input order), output tensors out (in its output order).
+GraphRunner = Callable[..., Sequence[Tensor]]
 
 
 #: The dense graph's input: float32 [batch, H, W, 3] RGB pixel values 0..255, as decoded (normalised in the graph).
@@ -72,6 +75,56 @@ class BoxHeadStage(nn.Module):
 
     def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
         return self.box_predictor(self.box_head(pooled))
+
+
+class RoIHeadsStage(nn.Module):
+    """RoIAlign and the box head in one graph: (pooled feature levels..., rois [R, 5]) -> (class logits, box deltas).
+
+    Each row of `rois` is (index of the image in the batch, x1, y1, x2, y2) in input pixels, as torchvision's
+    roi_align takes them: all RoIs of a batch in one call. RoIAlign is torchvision's MultiScaleRoIAlign with the
+    scales and FPN level mapper it infers for the static input size; it exports as ONNX RoiAlign (opset 16+:
+    `output_half_pixel`, i.e. aligned=False), and with several levels as torchvision's own ONNX level merge.
+    """
+
+    def __init__(self, model: FasterRCNN, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        pool = model.roi_heads.box_roi_pool
+        self.box_head = BoxHeadStage(model)
+        self.output_size = tuple(pool.output_size)
+        self.sampling_ratio = int(pool.sampling_ratio)
+        height, width = input_size
+        with torch.no_grad():
+            features = model.backbone(torch.zeros(1, 3, height, width))
+        levels = {"0": features} if isinstance(features, Tensor) else features
+        self.level_names = [name for name in levels if name in pool.featmap_names]
+        self.scales, self.mapper = _setup_scales(
+            [levels[name] for name in self.level_names], [input_size], pool.canonical_scale, pool.canonical_level
+        )
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        levels, rois = inputs[:-1], inputs[-1]
+        if len(levels) == 1:
+            pooled = roi_align(levels[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
+        else:  # torchvision's _multiscale_roi_align on a batch's rois, with its ONNX-exportable merge
+            level_of = self.mapper([rois[:, 1:]])
+            pooled = _onnx_merge_levels(level_of, [
+                roi_align(feature, rois[torch.where(level_of == level)[0]], self.output_size, scale,
+                          self.sampling_ratio)
+                for level, (feature, scale) in enumerate(zip(levels, self.scales))
+            ])
+        return self.box_head(pooled)
+
+
+def pooled_levels(model: FasterRCNN) -> list[int]:
+    """Indexes (among the dense graph's feature outputs) of the levels RoIAlign pools from."""
+    featmap_names = model.roi_heads.box_roi_pool.featmap_names
+    return [i for i, name in enumerate(feature_names(model)) if name in featmap_names]
+
+
+def rois_of(boxes: Sequence[Tensor]) -> Tensor:
+    """Per-image boxes -> one [R, 5] tensor of (image index, x1, y1, x2, y2), the RoI heads graph's input."""
+    index = torch.cat([torch.full((len(b), 1), float(i)) for i, b in enumerate(boxes)])
+    return torch.cat([index, torch.cat(list(boxes))], dim=1)
 
 
 def feature_names(model: FasterRCNN) -> list[str]:
@@ -124,7 +177,7 @@ class SplitDetector(Detector):
         self,
         loaded: LoadedModel,
         run_dense: GraphRunner,
-        run_box_head: GraphRunner,
+        run_roi_heads: GraphRunner,
         input_size: tuple[int, int],
         backend: str,
         score_threshold: float = 0.5,
@@ -137,23 +190,27 @@ class SplitDetector(Detector):
         self.trained = loaded.trained
         self.backend = backend
         self.run_dense = run_dense
-        self.run_box_head = run_box_head
+        self.run_roi_heads = run_roi_heads
         self.input_size = input_size
         self.score_threshold = score_threshold
         self.max_batch = max_batch
         self.feature_names = feature_names(self.model)
+        self.pooled_levels = pooled_levels(self.model)
         self._anchor_cache: tuple[tuple[tuple[int, ...], ...], list[Tensor]] | None = None
-        #: Seconds spent per part (see PARTS) while not None: benchmarks/engine_profile.py sets it.
+        #: Seconds spent per part (see PARTS) while not None, wall clock; and process CPU seconds (all threads) under
+        #: "<part>_cpu": benchmarks/engine_profile.py sets it.
         self.timings: defaultdict[str, float] | None = None
         #: torch threads for the glue (proposals, RoIAlign, NMS): its ops are small, and on a busy machine handing
         #: each one to a second thread costs more than it saves (measured: a 0.4 M-element cast takes 0.7 ms on one
         #: thread, 25 ms on two when other processes hold the cores). The graphs keep the backend's threads.
         self.glue_threads = glue_threads
 
-    def _mark(self, part: str, started: float) -> float:
-        now = time.perf_counter()
-        if self.timings is not None:
-            self.timings[part] += now - started
+    def _mark(self, part: str, started: tuple[float, float]) -> tuple[float, float]:
+        if self.timings is None:
+            return started
+        now = (time.perf_counter(), time.process_time())
+        self.timings[part] += now[0] - started[0]
+        self.timings[part + "_cpu"] += now[1] - started[1]
         return now
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
@@ -173,32 +230,61 @@ class SplitDetector(Detector):
     def frame_size_for(self, width: int, height: int) -> tuple[int, int] | None:
         return resized_size(self.model, width, height, self.input_size)
 
+    @torch.inference_mode()
     def _detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         if not images:
             return []
-        t = time.perf_counter()
+        t = (time.perf_counter(), time.process_time()) if self.timings is not None else (0.0, 0.0)
         batch, sizes = self.preprocess(images)
         t = self._mark("preprocess", t)
         outputs = list(self.run_dense(batch))
         t = self._mark("dense", t)
         n = len(self.feature_names)
         levels, objectness, deltas = outputs[:n], outputs[n : 2 * n], outputs[2 * n : 3 * n]
-        roi_heads = self.model.roi_heads
         boxes = self._proposals(batch, sizes, levels, objectness, deltas)
         t = self._mark("proposals", t)
-        # The eval branch of RoIHeads.forward, with the box head in the backend.
-        features = OrderedDict(zip(self.feature_names, levels))
-        pooled = roi_heads.box_roi_pool(features, boxes, sizes)
-        t = self._mark("roi_align", t)
-        class_logits, box_regression = self.run_box_head(pooled)
-        t = self._mark("box_head", t)
-        det_boxes, det_scores, det_labels = roi_heads.postprocess_detections(class_logits, box_regression, boxes, sizes)
-        results = []
-        for img, b, s, l, size in zip(images, det_boxes, det_scores, det_labels, sizes):
-            keep = s >= self.score_threshold
-            b = resize_boxes(b[keep], size, img.shape[:2])
-            results.append(Detections(b.numpy().astype(np.float32), s[keep].numpy(), l[keep].numpy().astype(np.int64)))
+        # The eval branch of RoIHeads.forward, RoIAlign and the box head in the backend: one run for the whole batch.
+        rois = rois_of(boxes)
+        if not rois.shape[0]:  # nothing proposed in the whole batch (and no graph runs below one RoI)
+            return [Detections.empty() for _ in images]
+        class_logits, box_regression = self.run_roi_heads(*(levels[i] for i in self.pooled_levels), rois)
+        t = self._mark("roi_heads", t)
+        results = self._postprocess(class_logits, box_regression, boxes, rois[:, 0].long(), sizes, images)
         self._mark("postprocess", t)
+        return results
+
+    def _postprocess(
+        self, class_logits: Tensor, box_regression: Tensor, boxes: list[Tensor], image_of: Tensor,
+        sizes: list[tuple[int, int]], images: Sequence[np.ndarray],
+    ) -> list[Detections]:
+        """torchvision's RoIHeads.postprocess_detections for the whole batch at once, then our score threshold.
+
+        Per image torchvision clips, drops background, scores <= score_thresh and tiny boxes, runs class-wise NMS and
+        keeps the best detections_per_img. Here one NMS runs over the batch (grouped by image and class: boxes of
+        different groups never suppress each other), and boxes under our `score_threshold` are dropped before it: a
+        box can only suppress lower-scoring ones, which the threshold drops anyway, so the result is the same.
+        """
+        roi_heads = self.model.roi_heads
+        num_classes = class_logits.shape[-1]
+        pred_boxes = roi_heads.box_coder.decode(box_regression, boxes)  # [R, K, 4]
+        scores = nn.functional.softmax(class_logits, -1)
+        limits = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=pred_boxes.dtype)[image_of]  # clip per image
+        pred_boxes = pred_boxes.clamp(min=0).minimum(limits[:, None, :])
+        labels = torch.arange(num_classes).view(1, -1).expand_as(scores)
+        image_of = image_of.view(-1, 1).expand_as(scores)
+        pred_boxes, scores = pred_boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1)  # background out
+        labels, image_of = labels[:, 1:].reshape(-1), image_of[:, 1:].reshape(-1)
+        keep = (scores > roi_heads.score_thresh) & (scores >= self.score_threshold)
+        wh = pred_boxes[:, 2:] - pred_boxes[:, :2]
+        keep &= (wh >= 1e-2).all(dim=1)  # torchvision's remove_small_boxes(min_size=1e-2)
+        pred_boxes, scores, labels, image_of = pred_boxes[keep], scores[keep], labels[keep], image_of[keep]
+        keep = batched_nms(pred_boxes, scores, image_of * num_classes + labels, roi_heads.nms_thresh)  # best first
+        results = []
+        for i, (img, size) in enumerate(zip(images, sizes)):
+            mine = keep[image_of[keep] == i][: roi_heads.detections_per_img]
+            b = resize_boxes(pred_boxes[mine], size, img.shape[:2])
+            results.append(Detections(b.numpy().astype(np.float32), scores[mine].numpy(),
+                                      labels[mine].numpy().astype(np.int64)))
         return results
 
     def _proposals(
@@ -208,9 +294,10 @@ class SplitDetector(Detector):
         """RPN proposals as torchvision's RegionProposalNetwork computes them in eval mode, but faster.
 
         torchvision decodes every anchor (tens of thousands per image) and then keeps the top `pre_nms_top_n` per
-        level. Decoding is per anchor, so we keep the top-n first and decode only those, then hand them to
-        torchvision's own `filter_proposals` (clip, small-box removal, score threshold, per-level NMS). Same
-        proposals, a fraction of the work; the anchors of the static input are computed once.
+        level. Decoding is per anchor, so we keep the top-n first and decode only those; then torchvision's
+        `filter_proposals` (clip, small-box removal, score threshold, per-level NMS, best post_nms_top_n), but for
+        the whole batch at once: one NMS grouped by image and level instead of one per image. Same proposals, a
+        fraction of the work; the anchors of the static input are computed once.
         """
         rpn = self.model.rpn
         anchors = self._anchors(batch, sizes, levels)
@@ -219,16 +306,27 @@ class SplitDetector(Detector):
         for obj, delta, level_anchors in zip(objectness, deltas, anchors):
             n, a, h, w = obj.shape
             obj = obj.permute(0, 2, 3, 1).reshape(n, -1)  # anchor order (y, x, a), like the anchor generator's
-            delta = delta.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
             top, idx = obj.topk(min(pre_nms_top_n, obj.shape[1]), dim=1)
             scores.append(top)
-            picked_deltas.append(delta.gather(1, idx[..., None].expand(-1, -1, 4)))
+            # The picked anchors' deltas straight from the [n, a * 4, h, w] map: no copy of the whole map.
+            image = torch.arange(n)[:, None]
+            picked_deltas.append(delta.view(n, a, 4, h * w)[image, idx % a, :, idx // a])  # [n, top, 4]
             picked_anchors.append(level_anchors[idx])
             counts.append(top.shape[1])
+        num_images = batch.shape[0]
         proposals = rpn.box_coder.decode_single(torch.cat(picked_deltas, 1).reshape(-1, 4),
                                                 torch.cat(picked_anchors, 1).reshape(-1, 4))
-        boxes, _ = rpn.filter_proposals(proposals.view(batch.shape[0], -1, 4), torch.cat(scores, 1), sizes, counts)
-        return boxes
+        level = torch.cat([torch.full((count,), i) for i, count in enumerate(counts)]).repeat(num_images)
+        image_of = torch.arange(num_images).repeat_interleave(sum(counts))
+        limits = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=proposals.dtype)[image_of]
+        proposals = proposals.clamp(min=0).minimum(limits)  # clip_boxes_to_image, per image
+        prob = torch.sigmoid(torch.cat(scores, 1).reshape(-1))
+        wh = proposals[:, 2:] - proposals[:, :2]
+        keep = (wh >= rpn.min_size).all(dim=1) & (prob >= rpn.score_thresh)  # remove_small_boxes, score_thresh
+        proposals, prob, level, image_of = proposals[keep], prob[keep], level[keep], image_of[keep]
+        keep = batched_nms(proposals, prob, image_of * len(counts) + level, rpn.nms_thresh)  # best first
+        image_of = image_of[keep]
+        return [proposals[keep[image_of == i][: rpn.post_nms_top_n()]] for i in range(num_images)]
 
     def _anchors(self, batch: Tensor, sizes: list[tuple[int, int]], levels: list[Tensor]) -> list[Tensor]:
         key = tuple(tuple(level.shape[-2:]) for level in levels)
@@ -250,7 +348,7 @@ class SplitDetector(Detector):
         height, width = self.input_size
         # numpy for the copy: a tiny multi-threaded torch op costs more in thread hand-off than it computes.
         batch = np.empty((len(images), height, width, 3), np.float32)
-        batch[:] = np.asarray(self.model.transform.image_mean, np.float32) * 255.0
+        mean = np.asarray(self.model.transform.image_mean, np.float32) * 255.0
         sizes = []
         for i, img in enumerate(images):
             h, w = img.shape[:2]
@@ -261,11 +359,14 @@ class SplitDetector(Detector):
                     torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float(), scale_factor=scale,
                     mode="bilinear", recompute_scale_factor=True, align_corners=False,
                 )[0].permute(1, 2, 0).numpy()
-            batch[i, : x.shape[0], : x.shape[1]] = x
-            sizes.append((int(x.shape[0]), int(x.shape[1])))
+            h, w = x.shape[:2]
+            batch[i, :h, :w] = x
+            batch[i, h:] = mean  # padding only: a decoder-scaled frame fills the whole input
+            batch[i, :h, w:] = mean
+            sizes.append((int(h), int(w)))
         return torch.from_numpy(batch), sizes
 
 
-def torch_runners(model: FasterRCNN) -> tuple[GraphRunner, GraphRunner]:
+def torch_runners(model: FasterRCNN, input_size: tuple[int, int]) -> tuple[GraphRunner, GraphRunner]:
     """The split graphs run in eager PyTorch: the reference the exported graphs are checked against."""
-    return DenseStage(model).eval(), BoxHeadStage(model).eval()
+    return DenseStage(model).eval(), RoIHeadsStage(model, input_size).eval()

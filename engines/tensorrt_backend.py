@@ -1,11 +1,13 @@
 """TensorRT 10 backend (NVIDIA GPU): the exported graphs as TensorRT engines, the glue in torchvision.
 
 `build_engine` turns one exported ONNX graph (engines/export.py) into a serialized engine with one optimization
-profile over its dynamic dim 0 (images for dense.onnx, RoIs for box_head.onnx). Engines are cached on disk under a
+profile over the dynamic dim 0 of its inputs (images for dense.onnx and roi_heads.onnx's feature levels, RoIs for
+roi_heads.onnx's rois). Engines are cached on disk under a
 key of everything that makes an engine valid (ONNX file, TensorRT version, GPU, precision, profile), and the builder's
 timing cache is kept next to them, so a restart loads in seconds instead of rebuilding. `TensorRTGraph` runs an engine
 with `execute_async_v3` on a torch CUDA stream. `create_tensorrt_detector` builds or loads both engines and wraps them
-in a SplitDetector.
+in a SplitDetector. RoiAlign is parsed into TensorRT's ROIAlign_TRT plugin: the standard plugins are registered
+before parsing and before loading an engine.
 
 TensorRT is imported lazily: this module imports (and `tensorrt_available()` answers False) on machines without it.
 """
@@ -20,7 +22,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +63,24 @@ def require_tensorrt() -> Any:
             f"backend 'tensorrt' needs an NVIDIA GPU, and torch sees none (torch {torch.__version__}, CUDA "
             f"{torch.version.cuda or 'not built in'}); use backend 'onnxruntime' or 'torch' on this machine"
         )
+    _init_plugins(trt)
     return trt
+
+
+_plugins_lock = threading.Lock()
+_plugins_ready = False
+
+
+def _init_plugins(trt: Any) -> None:
+    """Register TensorRT's standard plugins once (ROIAlign_TRT, which the parser maps ONNX RoiAlign to)."""
+    global _plugins_ready
+    with _plugins_lock:
+        if _plugins_ready:
+            return
+        if not trt.init_libnvinfer_plugins(_logger(trt), ""):
+            raise EngineError("TensorRT could not register its standard plugins (libnvinfer_plugin): "
+                              "roi_heads.onnx's RoiAlign needs them")
+        _plugins_ready = True
 
 
 def tensorrt_available() -> bool:
@@ -129,7 +148,7 @@ def _gpu_name(device: int | None = None) -> str:
 
 
 def engine_cache_key(
-    onnx_sha256: str, trt_version: str, gpu_name: str, precision: str, profile: tuple[int, int, int]
+    onnx_sha256: str, trt_version: str, gpu_name: str, precision: str, profile: tuple[int, ...]
 ) -> str:
     """The sha256 that names a cached engine: an engine is reused only where all of these match."""
     fields = {
@@ -240,11 +259,13 @@ def build_engine(
     fp16: bool = True,
     workspace_gb: float = 2.0,
     int8: Int8Calibration | None = None,
+    input_profiles: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> Path:
     """Build (or reuse from `engine_dir`) a TensorRT engine of one exported graph; returns the engine file.
 
-    The optimization profile spans dim 0 of the graph's input from `min_batch` to `max_batch`, tuned for `opt_batch`:
-    images for dense.onnx, RoIs for box_head.onnx (see `rois_profile`). Every other input dim must be static.
+    The optimization profile spans dim 0 of the graph's inputs from `min_batch` to `max_batch`, tuned for `opt_batch`
+    (images), except for the inputs named in `input_profiles`, which get their own (min, opt, max): the rois of
+    roi_heads.onnx (see `rois_profile`). Every other input dim must be static.
     `fp16` enables FP16 kernels where the GPU has fast FP16; without it the engine is strict FP32 (no TF32 either),
     for parity checks.
     """
@@ -268,7 +289,12 @@ def build_engine(
     if fp16 and not use_fp16:
         log.warning("this GPU has no fast FP16: building %s in FP32", onnx_path.name)
     profile_dims = (min_batch, opt_batch, max_batch)
-    key = engine_cache_key(file_sha256(onnx_path), trt.__version__, gpu, precision, profile_dims)
+    own = dict(input_profiles or {})
+    for name, dims in own.items():
+        if not 1 <= dims[0] <= dims[1] <= dims[2]:
+            raise EngineError(f"invalid optimization profile {dims} for input {name!r}")
+    key_dims = profile_dims + tuple(d for name in sorted(own) for d in own[name])
+    key = engine_cache_key(file_sha256(onnx_path), trt.__version__, gpu, precision, key_dims)
     engine_path = engine_dir / f"{onnx_path.stem}-{precision}-{key[:16]}.engine"
     if engine_path.is_file():
         log.info("reusing TensorRT engine %s", engine_path)
@@ -294,6 +320,9 @@ def build_engine(
         calibrator = int8.calibrator(trt)  # referenced until the build is done: TensorRT does not keep it alive
         config.int8_calibrator = calibrator
     profile = builder.create_optimization_profile()
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    if set(own) - set(names):
+        raise EngineError(f"{onnx_path} has no input(s) {sorted(set(own) - set(names))}; its inputs are {names}")
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         shape = list(tensor.shape)
@@ -301,7 +330,7 @@ def build_engine(
             raise EngineError(
                 f"input {tensor.name!r} of {onnx_path} has shape {shape}: only dim 0 may be dynamic (re-export it)"
             )
-        profile.set_shape(tensor.name, *[(n, *shape[1:]) for n in profile_dims])
+        profile.set_shape(tensor.name, *[(n, *shape[1:]) for n in own.get(tensor.name, profile_dims)])
     config.add_optimization_profile(profile)
     if int8 is not None:
         # Calibration runs at one shape: a profile whose min = opt = max is the calibration batch.
@@ -345,9 +374,13 @@ def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
 
 
 class TensorRTGraph:
-    """One deserialized engine: CPU tensor in, CPU tensors out, in the order of `output_names` (the ONNX graph's)."""
+    """One deserialized engine: CPU tensors in, in the order of `input_names`, CPU tensors out, in the order of
+    `output_names` (the ONNX graph's orders)."""
 
-    def __init__(self, engine_path: str | Path, output_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, engine_path: str | Path, output_names: Sequence[str] | None = None,
+        input_names: Sequence[str] | None = None,
+    ) -> None:
         trt = require_tensorrt()
         torch.cuda.init()
         self.path = Path(engine_path)
@@ -367,25 +400,31 @@ class TensorRTGraph:
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1:
-            raise EngineError(f"{self.path} has inputs {inputs}; expected exactly one")
+        if input_names is None and len(inputs) != 1:
+            raise EngineError(f"{self.path} has inputs {inputs}; name them in the ONNX graph's order")
+        if input_names is not None and sorted(input_names) != sorted(inputs):
+            raise EngineError(f"{self.path} has inputs {inputs}, but the ONNX graph has {list(input_names)}")
         if output_names is not None and sorted(output_names) != sorted(outputs):
             raise EngineError(f"{self.path} has outputs {outputs}, but the ONNX graph has {list(output_names)}")
-        self.input_name = inputs[0]
+        self.input_names = list(input_names) if input_names is not None else inputs
         self.output_names = list(output_names) if output_names is not None else outputs
         self._dtypes = {n: _torch_dtype(trt, self._engine.get_tensor_dtype(n)) for n in names}
 
-    def __call__(self, x: Tensor) -> list[Tensor]:
+    def __call__(self, *xs: Tensor) -> list[Tensor]:
+        if len(xs) != len(self.input_names):
+            raise EngineError(f"{self.path} takes {len(self.input_names)} inputs {self.input_names}, got {len(xs)}")
         with self._lock, torch.cuda.device(self.device), torch.cuda.stream(self._stream):
-            if x.shape[0] == 0:  # e.g. no RoIs: below every profile's min, and nothing to compute
+            if any(x.shape[0] == 0 for x in xs):  # e.g. no RoIs: below every profile's min, and nothing to compute
                 return [torch.zeros(self._empty_shape(n), dtype=self._dtypes[n]) for n in self.output_names]
-            x_gpu = x.to(device=self.device, dtype=self._dtypes[self.input_name]).contiguous()
-            if not self._context.set_input_shape(self.input_name, tuple(x_gpu.shape)):
-                raise EngineError(
-                    f"{self.path} does not take {self.input_name!r} of shape {tuple(x_gpu.shape)} "
-                    "(outside the engine's optimization profile?)"
-                )
-            self._context.set_tensor_address(self.input_name, x_gpu.data_ptr())
+            x_gpu = [x.to(device=self.device, dtype=self._dtypes[name]).contiguous()
+                     for name, x in zip(self.input_names, xs)]
+            for name, x in zip(self.input_names, x_gpu):
+                if not self._context.set_input_shape(name, tuple(x.shape)):
+                    raise EngineError(
+                        f"{self.path} does not take {name!r} of shape {tuple(x.shape)} "
+                        "(outside the engine's optimization profile?)"
+                    )
+                self._context.set_tensor_address(name, x.data_ptr())
             outputs: dict[str, Tensor] = {}
             for name in self.output_names:
                 shape = tuple(self._context.get_tensor_shape(name))
@@ -409,10 +448,21 @@ class TensorRTGraph:
         return tuple(shape)
 
 
-def _onnx_output_names(path: Path) -> list[str]:
+def onnx_io_names(path: Path) -> tuple[list[str], list[str]]:
+    """(input names, output names) of an ONNX graph, in the graph's order."""
     import onnx
 
-    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initializers], [o.name for o in graph.output]
+
+
+def roi_heads_profiles(path: Path, opt_batch: int, max_batch: int, post_nms_top_n: int) -> dict[str, tuple[int, int, int]]:
+    """`input_profiles` for roi_heads.onnx: its rois input spans every proposal of a full batch."""
+    inputs, _ = onnx_io_names(path)
+    if "rois" not in inputs:
+        raise EngineError(f"{path} has no input 'rois' (inputs {inputs}): export the model again")
+    return {"rois": rois_profile(opt_batch, max_batch, post_nms_top_n)}
 
 
 def create_tensorrt_detector(
@@ -443,9 +493,14 @@ def create_tensorrt_detector(
     post_nms_top_n = int(model.rpn.post_nms_top_n())  # the eval-mode value, since the model is in eval mode
     # INT8 for the dense graph only (nearly all the FLOPs); the box head's logits stay in FP16/FP32.
     dense_path = build_engine(exported.dense_path, cache, 1, opt_batch, max_batch, fp16=fp16, int8=int8)
-    box_path = build_engine(exported.box_head_path, cache, *rois_profile(opt_batch, max_batch, post_nms_top_n), fp16=fp16)
-    dense = TensorRTGraph(dense_path, _onnx_output_names(exported.dense_path))
-    box_head = TensorRTGraph(box_path, _onnx_output_names(exported.box_head_path))
+    roi_path = build_engine(
+        exported.roi_heads_path, cache, 1, opt_batch, max_batch, fp16=fp16,
+        input_profiles=roi_heads_profiles(exported.roi_heads_path, opt_batch, max_batch, post_nms_top_n),
+    )
+    dense_inputs, dense_outputs = onnx_io_names(exported.dense_path)
+    roi_inputs, roi_outputs = onnx_io_names(exported.roi_heads_path)
+    dense = TensorRTGraph(dense_path, dense_outputs, dense_inputs)
+    roi_heads = TensorRTGraph(roi_path, roi_outputs, roi_inputs)
     return SplitDetector(
-        loaded, dense, box_head, exported.input_size, "tensorrt", score_threshold=score_threshold, max_batch=max_batch
+        loaded, dense, roi_heads, exported.input_size, "tensorrt", score_threshold=score_threshold, max_batch=max_batch
     )

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from engines.onnx_backend import _runner, _session
 
     int8 = SplitDetector(loaded, _runner(_session(str(exported.directory / "dense.int8.onnx"), None)),
-                         fp32.run_box_head, exported.input_size, "onnxruntime-int8", score_threshold=0.05)
+                         fp32.run_roi_heads, exported.input_size, "onnxruntime-int8", score_threshold=0.05)
     seeds = parse_seeds(args.seeds)
     scores = {name: evaluate_synth(_DetectOnly(d), seeds, width=width, height=height, frames=args.eval_frames)
               for name, d in (("fp32", fp32), ("int8", int8))}

@@ -41,15 +41,15 @@ DEFAULT_SEEDS = "1000-1002"
 DEFAULT_CROWD_SEEDS = "1003-1004"
 DEFAULT_CROWD_OBJECTS = 24
 DEFAULT_TRACKERS = ("ours", "bytetrack", "bytetrack-tuned", "ocsort", "ocsort-tuned")
-#: Peers at their best setting on the ``tune`` regimes of the regime matrix (lab/track_regimes.py), found by
-#: ``eval-tracking --tune-peers`` over :data:`PEER_GRID` (best mean of MOTA and IDF1; a first, coarser grid with
-#: minimum_consecutive_frames 1-3 and thresholds 0.4-0.7 had chosen its lowest corner). ``bytetrack``, ``ocsort``
-#: and ``botsort`` are the package defaults.
+#: Peers at their best setting on the ``tune`` regimes of the regime matrix (lab/track_regimes.py, the 16 of issue 14,
+#: 5 s per sequence), found by ``eval-tracking --tune-peers --seconds 5`` over :data:`PEER_GRID` (best mean of MOTA
+#: and IDF1; ByteTrack scores the same at activation 0.2 or 0.3 and high 0.1 or 0.2). ``bytetrack``, ``ocsort`` and
+#: ``botsort`` are the package defaults.
 TUNED_PARAMS: dict[str, dict[str, Any]] = {
-    "bytetrack-tuned": {"track_activation_threshold": 0.5, "high_conf_det_threshold": 0.2,
+    "bytetrack-tuned": {"track_activation_threshold": 0.2, "high_conf_det_threshold": 0.1,
                         "minimum_consecutive_frames": 1},
-    "ocsort-tuned": {"high_conf_det_threshold": 0.4, "minimum_iou_threshold": 0.1, "minimum_consecutive_frames": 1},
-    "botsort-tuned": {"track_activation_threshold": 0.5, "high_conf_det_threshold": 0.2,
+    "ocsort-tuned": {"high_conf_det_threshold": 0.2, "minimum_iou_threshold": 0.1, "minimum_consecutive_frames": 1},
+    "botsort-tuned": {"track_activation_threshold": 0.3, "high_conf_det_threshold": 0.2,
                       "minimum_consecutive_frames": 1},
 }
 MATCH_IOU = 0.5
@@ -371,14 +371,15 @@ REGIME_TRACKERS = ("ours", "bytetrack", "bytetrack-tuned", "ocsort", "ocsort-tun
 #: The peers' grid: each peer at its defaults plus these settings, scored on the ``tune`` regimes only
 #: (``eval-tracking --tune-peers``); the best mean of MOTA and IDF1 becomes its ``-tuned`` entry in TUNED_PARAMS.
 PEER_GRID: dict[str, list[dict[str, Any]]] = {
-    # minimum_consecutive_frames=1 won for every peer in a first grid (1-3); the thresholds go down to 0.2 so the
-    # best setting is not on the grid's edge
+    # minimum_consecutive_frames=1 won for every peer in a first grid (1-3); the thresholds go down to 0.1-0.2 so the
+    # best setting is not on the grid's edge (on the 16 tuning regimes of issue 14, 0.3 / 0.2 was the lowest corner
+    # of the earlier 0.3-0.7 / 0.2-0.6 grid for every peer)
     "bytetrack": [{"track_activation_threshold": a, "high_conf_det_threshold": h, "minimum_consecutive_frames": 1}
-                  for a in (0.3, 0.5, 0.7) for h in (0.2, 0.4, 0.6)],
+                  for a in (0.2, 0.3, 0.5, 0.7) for h in (0.1, 0.2, 0.4, 0.6)],
     "ocsort": [{"high_conf_det_threshold": h, "minimum_iou_threshold": m, "minimum_consecutive_frames": 1}
-               for h in (0.2, 0.4, 0.6) for m in (0.1, 0.3)],
+               for h in (0.1, 0.2, 0.4, 0.6) for m in (0.1, 0.3)],
     "botsort": [{"track_activation_threshold": a, "high_conf_det_threshold": h, "minimum_consecutive_frames": 1}
-                for a in (0.3, 0.5, 0.7) for h in (0.2, 0.4, 0.6)],
+                for a in (0.2, 0.3, 0.5, 0.7) for h in (0.1, 0.2, 0.4, 0.6)],
 }
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -260,6 +261,22 @@ REGIMES: tuple[Regime, ...] = (
     Regime("tune: crowd", "tune", _D, _TUNE_SEEDS, max_objects=20),
     Regime("tune: 15 fps", "tune", replace(_D, fps=15.0), _TUNE_SEEDS),
     Regime("tune: more false positives", "tune", replace(_D, fp_rate=2.0, fp_score=0.5), _TUNE_SEEDS),
+    # -- tuning counterparts of every held-out family, at other values than the held-out ones (and other seeds)
+    Regime("tune: score spread", "tune", replace(_D, score=0.65, score_std=0.18, fp_score=0.35, fp_score_std=0.15),
+           _TUNE_SEEDS),
+    Regime("tune: over-confident", "tune", replace(_D, score=0.9, score_std=0.05, fp_score=0.7, fp_score_std=0.1,
+                                                   occlusion_score=0.15, fp_rate=0.8), _TUNE_SEEDS),
+    Regime("tune: under-confident", "tune", replace(_D, score=0.55, score_std=0.1, fp_score=0.25, fp_score_std=0.08,
+                                                    occlusion_score=0.25), _TUNE_SEEDS),
+    Regime("tune: jitter 2%", "tune", replace(_D, jitter=0.02), _TUNE_SEEDS),
+    Regime("tune: jitter 6%", "tune", replace(_D, jitter=0.06), _TUNE_SEEDS),
+    Regime("tune: random misses 15%", "tune", replace(_D, miss=0.15, occlusion_miss=0.0), _TUNE_SEEDS),
+    Regime("tune: occlusion misses", "tune", replace(_D, miss=0.03, occlusion_miss=1.3, occlusion_score=0.4),
+           _TUNE_SEEDS, max_objects=12),
+    Regime("tune: 720p", "tune", _D, _TUNE_SEEDS, width=1280, height=720),
+    Regime("tune: 20 fps, 20% dropped", "tune", replace(_D, fps=20.0, drop=0.2), _TUNE_SEEDS),
+    Regime("tune: fast motion", "tune", _D, _TUNE_SEEDS, speed=1.7),
+    Regime("tune: slow motion", "tune", _D, _TUNE_SEEDS, speed=0.5),
     # -- held out: scores
     Regime("calibrated", "held-out", replace(_D, score=0.7, score_std=0.15, fp_score=0.35, fp_score_std=0.15),
            _HELD_SEEDS),
@@ -315,7 +332,8 @@ def simulate(regime: Regime, *, seconds: float | None = None, seeds: Sequence[in
     out = []
     truths = regime_truths(regime, seconds=seconds, seeds=seeds, tud_root=tud_root)
     for i, truth in enumerate(t for t in truths for _ in range(regime.draws)):
-        seed = int.from_bytes(regime.name.encode()[:6].ljust(6, b"\0"), "little") % 100_000 * 100 + i
+        # the whole name seeds the detector: regimes sharing a prefix ("tune: ...", "jitter ...") get their own draws
+        seed = zlib.crc32(regime.name.encode()) % 100_000 * 100 + i
         kept = regime.detector.kept_frames(truth, seed)
         det_frame, det_boxes, det_scores, det_labels = regime.detector.detect(truth, seed)
         remap = np.full(truth.frames, -1, np.int64)

@@ -152,7 +152,8 @@ def test_detect_writes_per_frame_detections(make_video: Callable[..., Path], tmp
 def test_export_writes_graphs_tensorrt_can_parse(tmp_path: Path) -> None:
     result = run_cli("export", "--out", str(tmp_path / "onnx"))
     assert result.returncode == 0, result.stderr
-    assert "input [batch, 3, 288, 512]" in result.stdout
+    assert "input [batch, 288, 512, 3]" in result.stdout  # RGB pixels, NHWC (engines.split.INPUT_LAYOUT)
+    assert (tmp_path / "onnx" / "roi_heads.onnx").is_file()
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
     assert manifest["arch"] == "fasterrcnn_lite" and manifest["input_size"] == [288, 512]
     assert manifest["label_names"] == ["__background__", "person", "car", "sign"]

@@ -17,12 +17,13 @@ from engines.base import Detections, EngineError
 from engines.export import ExportedModel, export_onnx
 from engines.models import LoadedModel, build_model
 from engines.onnx_backend import create_onnxruntime_detector
-from engines.split import BoxHeadStage, DenseStage, SplitDetector, input_size_for, torch_runners
+from engines.split import BoxHeadStage, DenseStage, SplitDetector, input_size_for, pooled_levels, rois_of, torch_runners
 from lab.synth import SceneSpec, render_frames
 from engines.tensorrt_backend import (
     build_engine,
     create_tensorrt_detector,
     engine_cache_key,
+    roi_heads_profiles,
     rois_profile,
     tensorrt_available,
     timing_cache_path,
@@ -55,7 +56,7 @@ def _liven_mobilenet(loaded: LoadedModel) -> None:
     """
     model = loaded.model
     size = input_size_for(model, 640, 360)
-    pixels = SplitDetector(loaded, *torch_runners(model), size, "calibration").preprocess(_frames(4, seed=7))[0]
+    pixels = SplitDetector(loaded, *torch_runners(model, size), size, "calibration").preprocess(_frames(4, seed=7))[0]
     calib = DenseStage(model).normalize(pixels)
     for bn in (m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)):
         bn.reset_running_stats()
@@ -101,7 +102,7 @@ def held_out() -> list[np.ndarray]:
 
 
 def _graphs(case: Case) -> list[tuple[str, onnx.ModelProto]]:
-    return [(p.name, onnx.load(str(p))) for p in (case.exported.dense_path, case.exported.box_head_path)]
+    return [(p.name, onnx.load(str(p))) for p in (case.exported.dense_path, case.exported.roi_heads_path)]
 
 
 # --- what TensorRT 10 needs from the graphs -------------------------------------------------------------------------
@@ -116,15 +117,35 @@ def test_graphs_are_valid_onnx_of_operators_tensorrt10_parses(case: Case) -> Non
 
 def test_only_dim0_is_dynamic_and_the_image_size_is_static(case: Case) -> None:
     height, width = case.exported.input_size
-    dense, box_head = (model for _, model in _graphs(case))
+    dense, roi_heads = (model for _, model in _graphs(case))
     assert static_shape(dense, "images") == [None, height, width, 3]  # pixels, normalised in the graph
     assert dynamic_dims(dense)["images"] == [(0, "batch")]
-    assert dynamic_dims(box_head)["pooled"] == [(0, "rois")]
-    for name, model, dim0 in (("dense.onnx", dense, "batch"), ("box_head.onnx", box_head, "rois")):
-        for tensor, dims in dynamic_dims(model).items():
-            assert dims == [(0, dim0)], (
-                f"{case.loaded.arch} {name}: {tensor!r} has dynamic dims {dims}; only dim 0 ({dim0}) may be dynamic"
-            )
+    for tensor, dims in dynamic_dims(dense).items():
+        assert dims == [(0, "batch")], f"{case.loaded.arch} dense.onnx: {tensor!r} has dynamic dims {dims}"
+    # roi_heads.onnx: the pooled levels exactly as dense.onnx gives them (batch), and the batch's RoIs (rois).
+    levels = [f"features_{i}" for i in pooled_levels(case.loaded.model)]
+    assert [i.name for i in roi_heads.graph.input] == [*levels, "rois"]
+    for name in levels:
+        assert static_shape(roi_heads, name) == static_shape(dense, name)
+    assert static_shape(roi_heads, "rois") == [None, 5]
+    for tensor, dims in dynamic_dims(roi_heads).items():
+        want = [(0, "batch")] if tensor in levels else [(0, "rois")]
+        assert dims == want, f"{case.loaded.arch} roi_heads.onnx: {tensor!r} has dynamic dims {dims}, not {want}"
+
+
+def test_roi_align_is_exported_with_torchvisions_semantics(case: Case) -> None:
+    """aligned=False (torchvision's MultiScaleRoIAlign) is ONNX `output_half_pixel`: the mode TensorRT's RoiAlign
+    importer maps to its plugin's aligned=0; average pooling with the model's sampling ratio."""
+    _, roi_heads = _graphs(case)[1]
+    pool = case.loaded.model.roi_heads.box_roi_pool
+    nodes = [n for n in roi_heads.graph.node if n.op_type == "RoiAlign"]
+    assert len(nodes) == len(pooled_levels(case.loaded.model))
+    for node in nodes:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["coordinate_transformation_mode"] == b"output_half_pixel"
+        assert attrs.get("mode", b"avg") == b"avg"
+        assert (attrs["output_height"], attrs["output_width"], attrs["sampling_ratio"]) == (
+            *pool.output_size, pool.sampling_ratio)
 
 
 def _tiny_model(
@@ -217,13 +238,60 @@ def test_onnxruntime_graph_outputs_match_eager_stages(case: Case, held_out: list
     for output, g, w in zip(dense.get_outputs(), got, want):
         _assert_close_to_scale(g, w, 1e-4, f"{case.loaded.arch} dense {output.name}")
 
-    channels, size, _ = case.exported.manifest["roi_shape"]  # type: ignore[misc]
-    pooled = torch.randn(37, channels, size, size, generator=torch.Generator().manual_seed(3)).abs()
-    box_head = ort.InferenceSession(str(case.exported.box_head_path), providers=["CPUExecutionProvider"])
+
+
+def test_roi_heads_graph_matches_torchvision_multiscale_roi_align_and_box_head(
+    case: Case, held_out: list[np.ndarray]
+) -> None:
+    """The exported RoIAlign + box head over a whole batch against the eager reference: torchvision's own
+    MultiScaleRoIAlign on each image's proposals, then the box head. Real proposals of held-out frames, plus boxes
+    RoIAlign treats specially: degenerate (zero width/height), partly and wholly outside the picture."""
+    model = case.loaded.model.eval()
+    detector = create_onnxruntime_detector(case.loaded, case.exported)
+    batch, sizes = detector.preprocess(held_out)
+    outputs = detector.run_dense(batch)
+    n = len(detector.feature_names)
+    boxes = detector._proposals(batch, sizes, outputs[:n], outputs[n : 2 * n], outputs[2 * n : 3 * n])
+    height, width = case.exported.input_size
+    odd = torch.tensor([[10.0, 10.0, 10.0, 30.0], [50.0, 20.0, 80.0, 20.0], [-20.0, -15.0, 25.0, 12.0],
+                        [width - 30.0, height - 10.0, width + 40.0, height + 25.0], [width + 5.0, 3.0, width + 50.0, 40.0],
+                        [0.0, 0.0, float(width), float(height)], [3.2, 4.7, 400.0, 9.1]])
+    boxes[1] = torch.cat([boxes[1], odd])
+    assert all(len(b) for b in boxes), "no proposals to pool"
+    roi_heads = ort.InferenceSession(str(case.exported.roi_heads_path), providers=["CPUExecutionProvider"])
+    feeds = {f"features_{i}": outputs[i].numpy() for i in pooled_levels(model)}
+    got = roi_heads.run(None, {**feeds, "rois": rois_of(boxes).numpy()})
+    features = {name: outputs[i] for i, name in enumerate(detector.feature_names)}
     with torch.no_grad():
+        pooled = model.roi_heads.box_roi_pool(features, boxes, sizes)
         want = [t.numpy() for t in BoxHeadStage(model).eval()(pooled)]
-    for output, g, w in zip(box_head.get_outputs(), box_head.run(None, {"pooled": pooled.numpy()}), want):
-        _assert_close_to_scale(g, w, 1e-4, f"{case.loaded.arch} box head {output.name}")
+    assert got[0].shape[0] == sum(len(b) for b in boxes)
+    for output, g, w in zip(roi_heads.get_outputs(), got, want):
+        _assert_close_to_scale(g, w, 1e-4, f"{case.loaded.arch} roi heads {output.name}")
+
+
+def test_a_frame_without_proposals_leaves_the_others_of_its_batch_as_they_are(
+    lite: Case, held_out: list[np.ndarray]
+) -> None:
+    """Post-processing runs once over the whole batch: a frame with nothing proposed gets no detections and changes
+    nothing for the others; a batch with nothing proposed at all gives empty detections, not an error."""
+    detector = create_onnxruntime_detector(lite.loaded, lite.exported, score_threshold=lite.score_threshold)
+    alone = detector.detect(held_out[:1])
+    batch, sizes = detector.preprocess(held_out[:2])
+    out = detector.run_dense(batch)
+    boxes = detector._proposals(batch, sizes, out[:1], out[1:2], out[2:3])
+    boxes[1] = boxes[1][:0]
+    rois = rois_of(boxes)
+    logits, deltas = detector.run_roi_heads(out[0], rois)
+    got = detector._postprocess(logits, deltas, boxes, rois[:, 0].long(), sizes, held_out[:2])
+    assert len(alone[0]) > 0 and len(got[1]) == 0
+    _assert_same_detections(got[:1], alone, "first frame of a batch whose second proposes nothing")
+    rpn = lite.loaded.model.rpn
+    threshold, rpn.score_thresh = rpn.score_thresh, 1.01  # no objectness probability reaches it
+    try:
+        assert [len(d) for d in detector.detect(held_out)] == [0, 0, 0]
+    finally:
+        rpn.score_thresh = threshold
 
 
 # --- TensorRT ---------------------------------------------------------------------------------------------------------
@@ -237,11 +305,15 @@ def test_engine_cache_key_changes_with_everything_that_makes_an_engine() -> None
     assert timing_cache_path("/c", "10.15.1", "NVIDIA H100 (sm_90)") == Path("/c/timing-10-15-1-nvidia-h100-sm-90.cache")
 
 
-def test_box_head_profile_covers_every_proposal_of_a_full_batch(lite: Case) -> None:
+def test_roi_heads_profile_covers_every_proposal_of_a_full_batch(lite: Case) -> None:
     post_nms = lite.loaded.model.eval().rpn.post_nms_top_n()
     assert post_nms == 100
     assert rois_profile(opt_batch=4, max_batch=8, post_nms_top_n=post_nms) == (1, 400, 800)
     assert rois_profile(opt_batch=8, max_batch=8, post_nms_top_n=30) == (1, 240, 240)
+    # Only the rois input gets it; the feature levels keep the images' profile.
+    assert roi_heads_profiles(lite.exported.roi_heads_path, 4, 8, post_nms) == {"rois": (1, 400, 800)}
+    with pytest.raises(EngineError, match="no input 'rois'"):
+        roi_heads_profiles(lite.exported.dense_path, 4, 8, post_nms)
 
 
 @pytest.mark.skipif(tensorrt_available(), reason="TensorRT and a GPU are present")

@@ -12,7 +12,7 @@ import redis
 from engines import Detector
 from pipeline.frame import Frame
 from pipeline.inference.batcher import Batcher, CameraQueues
-from pipeline.sources.scaling import make_frame, skip_frame_setting
+from pipeline.sources.scaling import convert, make_frame, skip_frame_setting
 from pipeline.stage import Channel, RunContext
 from tests.test_pipeline import entries, run_pipeline
 
@@ -72,3 +72,20 @@ def test_skip_frames_auto_skips_only_at_a_low_max_fps() -> None:
     assert skip_frame_setting("auto", 20.0, 25.0) == "DEFAULT"
     assert skip_frame_setting("auto", 5.0, 25.0) == "NONREF"
     assert skip_frame_setting("nonkey", None, 25.0) == "NONKEY"
+
+
+def test_conversion_reuses_swscale_contexts_yet_gives_each_camera_its_own_picture() -> None:
+    """Cameras of different sizes and pixel formats interleaved (the batcher converts them all on one thread): each
+    picture comes out exactly as a fresh swscale conversion makes it, whatever was converted before."""
+    rng = np.random.default_rng(1)
+    pictures = []
+    for width, height, fmt in ((1920, 1080, "yuv420p"), (640, 360, "yuv420p"), (1920, 1080, "yuvj420p"),
+                               (1280, 720, "yuv420p")):
+        frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), format="rgb24")
+        pictures.append(frame.reformat(format=fmt))
+    for picture in pictures * 2:
+        for size in ((512, 288), (640, 360), None):
+            want = (picture.to_ndarray(format="rgb24") if size is None else
+                    picture.reformat(width=size[0], height=size[1], interpolation="AREA").to_ndarray(format="rgb24"))
+            got = convert(picture, size)
+            assert got.shape == want.shape and np.array_equal(got, want), (picture, size)

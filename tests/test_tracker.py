@@ -63,6 +63,25 @@ def test_object_missing_for_a_few_frames_gets_its_id_back() -> None:
     assert int(step(tracker, (box(x(20), 100), 0.9, PERSON), t=20 / FPS)[0]) == tid
 
 
+def test_rescue_buffer_keeps_the_id_of_an_object_that_stopped_while_unseen() -> None:
+    """A fast object (150 px/s, 20 px wide) stops while missed for two frames and reappears off its predicted box:
+    by default it starts a new track; with ``rescue_buffer`` the lost track's box, widened by its uncertainty,
+    finds it again."""
+    def run(**kw: float) -> tuple[int, int]:
+        tracker = ByteTracker(frame_rate=FPS, **kw)
+        tid = 0
+        for f in range(12):
+            tid = int(step(tracker, (box(50 + 6 * f, 100), 0.9, PERSON), t=f / FPS)[0])
+        for f in (12, 13):
+            step(tracker, t=f / FPS)
+        return tid, int(step(tracker, (box(50 + 6 * 11, 100), 0.9, PERSON), t=14 / FPS)[0])
+
+    tid, back = run()
+    assert tid > 0 and back != tid
+    tid, back = run(rescue_buffer=2.5)
+    assert tid > 0 and back == tid
+
+
 def test_object_missing_beyond_the_buffer_gets_a_new_id() -> None:
     tracker = ByteTracker(frame_rate=FPS, track_buffer_s=1.0)
     for f in range(10):

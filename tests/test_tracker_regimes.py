@@ -28,6 +28,28 @@ def test_split_is_recorded_and_real_motion_is_held_out() -> None:
     assert {r.name for r in select_regimes("tune")} == {r.name for r in REGIMES if r.split == "tune"}
 
 
+def test_tuning_regimes_span_every_family_at_other_values() -> None:
+    """Every axis the held-out regimes vary has a tuning counterpart, never at the held-out value itself."""
+    tune = [r for r in REGIMES if r.split == "tune"]
+    held = [r for r in REGIMES if r.split == "held-out" and not r.tud]
+    base = Detector()
+
+    def axes(r: Regime) -> dict[str, object]:
+        d = r.detector
+        return {"score": (d.score, d.score_std, d.fp_score, d.fp_score_std), "jitter": d.jitter, "miss": (d.miss, d.occlusion_miss),
+                "fp": d.fp_rate, "frames": (d.fps, d.drop), "size": (r.width, r.height),
+                "crowd": r.max_objects, "speed": r.speed}
+
+    default = axes(Regime("base", "tune", base))
+    for axis in default:
+        held_values = {axes(r)[axis] for r in held} - {default[axis]}
+        tune_values = {axes(r)[axis] for r in tune} - {default[axis]}
+        assert held_values and tune_values, axis
+        assert not held_values & tune_values, axis  # tuned on other values than those reported
+    assert not {(r.detector, r.width, r.height, r.max_objects, r.speed) for r in tune} & \
+        {(r.detector, r.width, r.height, r.max_objects, r.speed) for r in held}
+
+
 def test_simulated_detector_applies_its_noise_model() -> None:
     truth = synth_truth(3000, seconds=4.0)
     assert truth.frames == 120 and len(truth.boxes) > 100 and (truth.visibility <= 1.0 + 1e-9).all()

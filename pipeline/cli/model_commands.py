@@ -65,10 +65,10 @@ def register(sub: argparse._SubParsersAction, command: str | None) -> None:  # t
     detect.set_defaults(handler=cmd_detect)
 
     export = sub.add_parser(
-        "export", help="export the model to ONNX (dense part + box head) for ONNX Runtime and TensorRT",
-        description="Write dense.onnx (backbone + RPN head: static image size, dynamic batch), box_head.onnx "
-        "(dynamic RoI count) and manifest.json, and check every op against TensorRT 10's ONNX parser. "
-        "Proposal selection, NMS and RoIAlign run as torchvision ops around them (docs/model.md).",
+        "export", help="export the model to ONNX (dense part + RoI heads) for ONNX Runtime and TensorRT",
+        description="Write dense.onnx (backbone + RPN head: static image size, dynamic batch), roi_heads.onnx "
+        "(RoIAlign + box head over a batch's RoIs: dynamic RoI count) and manifest.json, and check every op against "
+        "TensorRT 10's ONNX parser. Proposal selection and NMS run as torchvision ops between them (docs/model.md).",
     )
     add_model_args(export)
     export.add_argument("--out", type=Path, required=True, metavar="DIR")
@@ -175,12 +175,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     loaded = build_model(arch, weights)
     exported = export_onnx(loaded, args.out, args.frame_size, loaded.weights_file)
     problems = []
-    for path in (exported.dense_path, exported.box_head_path):
+    for path in (exported.dense_path, exported.roi_heads_path):
         bad = unsupported_ops(onnx.load(str(path)))
         if bad:
             problems.append(f"{path.name}: ops TensorRT 10 cannot parse: {', '.join(bad)}")
     h, w = exported.input_size
-    print(f"Exported {arch} to {args.out}: dense.onnx (input [batch, 3, {h}, {w}]), box_head.onnx, manifest.json")
+    print(f"Exported {arch} to {args.out}: dense.onnx (input [batch, {h}, {w}, 3]), roi_heads.onnx, manifest.json")
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
     return EXIT_FAILED if problems else EXIT_OK
@@ -192,7 +192,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     from engines import default_cache_dir
     from engines.export import cached_export
     from engines.models import build_model, default_weights
-    from engines.tensorrt_backend import build_engine, require_tensorrt, rois_profile
+    from engines.tensorrt_backend import build_engine, require_tensorrt, roi_heads_profiles
 
     require_tensorrt()  # before any work: say at once when this machine cannot build engines
     arch = resolved_arch(args)
@@ -202,7 +202,9 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     exported = cached_export(loaded, loaded.weights_file, args.frame_size, cache)
     fp16 = not args.fp32
     dense = build_engine(exported.dense_path, cache / "tensorrt", args.min_batch, args.opt_batch, args.max_batch, fp16)
-    rois = rois_profile(args.opt_batch, args.max_batch, int(loaded.model.rpn.post_nms_top_n()))
-    head = build_engine(exported.box_head_path, cache / "tensorrt", *rois, fp16=fp16)
+    rois = roi_heads_profiles(exported.roi_heads_path, args.opt_batch, args.max_batch,
+                              int(loaded.model.rpn.post_nms_top_n()))
+    head = build_engine(exported.roi_heads_path, cache / "tensorrt", args.min_batch, args.opt_batch, args.max_batch,
+                        fp16, input_profiles=rois)
     print(f"TensorRT engines for {arch}: {dense} and {head}")
     return EXIT_OK

@@ -7,10 +7,12 @@ converted at all. Boxes are still published in source pixels: the frame keeps it
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from pipeline.frame import Frame
 
@@ -22,15 +24,35 @@ FitSize = Callable[[int, int], "tuple[int, int] | None"]
 INTERPOLATION = "AREA"
 
 
+#: Per thread, the swscale contexts of each (source size, format, target size): `VideoFrame.reformat` makes a new
+#: context for every frame, and setting one up (filter coefficients, buffers) cost about a quarter of the conversion
+#: of a 1080p frame to 512x288 (1.0 -> 0.78 CPU ms measured). swscale contexts are not thread-safe: one set per thread.
+_reformatters = threading.local()
+
+
+def _reformatters_for(key: tuple[object, ...]) -> tuple[VideoReformatter, VideoReformatter]:
+    cache: dict[tuple[object, ...], tuple[VideoReformatter, VideoReformatter]] | None = getattr(
+        _reformatters, "cache", None)
+    if cache is None:
+        cache = _reformatters.cache = {}
+    pair = cache.get(key)
+    if pair is None:
+        if len(cache) >= 16:  # cameras come and go (and change size): keep the set small
+            cache.clear()
+        pair = cache[key] = (VideoReformatter(), VideoReformatter())
+    return pair
+
+
 def convert(av_frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
     """The picture as uint8 HxWx3 RGB, scaled to `size` (width, height) in the same swscale pass."""
     if size is None or size == (av_frame.width, av_frame.height):
         return av_frame.to_ndarray(format="rgb24")
     width, height = size
+    scaler, to_rgb = _reformatters_for((av_frame.width, av_frame.height, av_frame.format.name, width, height))
     # Scale in the decoder's own pixel format first (YUV: chroma has a quarter of the pixels), then convert the small
     # picture: measured 1.9 ms instead of 2.7 ms for a 1080p frame in one rgb24 pass.
-    small = av_frame.reformat(width=width, height=height, interpolation=INTERPOLATION)
-    return small.to_ndarray(format="rgb24")
+    small = scaler.reformat(av_frame, width=width, height=height, interpolation=INTERPOLATION)
+    return to_rgb.reformat(small, format="rgb24").to_ndarray()
 
 
 def make_frame(

@@ -18,13 +18,19 @@ Per update (one frame of one stream):
    tracked in the previous update or lost at most ``low_lost_s`` ago, gated by the stricter ``low_match_thresh``:
    they keep an occluded object's track alive, and pick it up again as it comes out weakly from behind an occluder,
    but never start a track.
-5. Left-over high-score detections are matched to the tentative tracks. A tentative track's velocity is still
+5. Optional (``rescue_buffer`` > 0, off by default): confirmed tracks still unmatched get a second chance at the
+   left-over high-score detections, their predicted boxes widened by ``rescue_buffer`` standard deviations of their
+   predicted position (which grow with the box size and the time since the last detection): an object that turned
+   or sped up while unseen keeps its id instead of a new track starting next to its old one. It helps fast motion
+   and low frame rates a lot, but costs IDF1 with small, precise boxes and on real pedestrians walking in groups
+   (docs/tracking.md), so it is not the default.
+6. Left-over high-score detections are matched to the tentative tracks. A tentative track's velocity is still
    unknown, so its predicted box is widened by ``tentative_buffer`` standard deviations of its predicted position
    (which grow with the box size and the elapsed time): a fast object seen in two frames far apart still pairs up.
    The remaining detections scoring at least the new-track threshold (the split plus ``new_track_thresh -
    high_thresh``) start tentative tracks, unless one lies inside a box already matched in this frame (same label,
    intersection over its own area > ``duplicate_ioa``: a duplicate detection).
-6. A tentative track is confirmed -- and only then gets an id -- after ``n_init`` hits, at once on a stream's first
+7. A tentative track is confirmed -- and only then gets an id -- after ``n_init`` hits, at once on a stream's first
    update (as ByteTrack does), and at once when its first detection scores above both the median on-track score
    and all but ``confirm_fp_rate`` off-track detections per frame: a confident new object costs no frame, while a
    detector that often scores false positives that high gets no instant tracks. A tentative track is dropped when
@@ -173,6 +179,9 @@ class ByteTracker:
             than this (0: never at once).
         tentative_keep_s: seconds a tentative track survives without a detection (0: dropped at its first miss).
         tentative_match_thresh: largest ``1 - IoU`` accepted between a tentative track's widened box and a detection.
+        rescue_buffer: confirmed tracks left unmatched by the first two associations are matched to the left-over
+            high-score detections with their predicted boxes widened by this many position stds (0, default: off;
+            2.5 is what was measured for fast motion and low frame rates).
     """
 
     def __init__(
@@ -198,6 +207,7 @@ class ByteTracker:
         confirm_fp_rate: float = 0.02,
         tentative_keep_s: float = 0.2,
         tentative_match_thresh: float = 0.99,
+        rescue_buffer: float = 0.0,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
@@ -227,6 +237,7 @@ class ByteTracker:
         self.confirm_fp_rate = float(confirm_fp_rate)
         self.tentative_keep_s = float(tentative_keep_s)
         self.tentative_match_thresh = float(tentative_match_thresh)
+        self.rescue_buffer = float(rescue_buffer)
         # Running score histograms (exponentially forgotten): scores of detections on established tracks (true
         # objects, mostly) and of detections left on no track (false positives, mostly). The adaptive thresholds
         # split them where the fewest detections fall on the wrong side.
@@ -319,9 +330,22 @@ class ByteTracker:
         r, c = _assign(1.0 - iou[rows[:, None], low], self.low_match_thresh)
         det_track[low[c]] = rows[r]
         matched[rows[r]] = True
+
+        # 3. left-over high-score detections vs confirmed tracks still unmatched, their predicted boxes widened by
+        # their position uncertainty (grows with box size and the time since the last detection): a track whose
+        # motion changed (a turn, a stop, an unseen stretch) is found again instead of a new track starting beside it
+        rows = np.flatnonzero((self._state != _TENTATIVE) & ~matched)
+        if self.rescue_buffer > 0 and len(rows) and len(high):
+            wide = iou_matrix(self._predicted_boxes(rows, self.rescue_buffer), boxes[high])
+            if self.class_aware:
+                wide[self._label[rows][:, None] != labels[high][None, :]] = -_FORBIDDEN
+            r, c = _assign(1.0 - wide, self.match_thresh)
+            det_track[high[c]] = rows[r]
+            matched[rows[r]] = True
+            high = high[_others(len(high), c)]
         on_confirmed = det_track >= 0
 
-        # 3. left-over high-score detections vs tentative tracks (boxes widened by their uncertainty)
+        # 4. left-over high-score detections vs tentative tracks (boxes widened by their uncertainty)
         rows = np.flatnonzero(self._state == _TENTATIVE)
         r, c = _assign(1.0 - iou[rows[:, None], high], self.tentative_match_thresh)
         det_track[high[c]] = rows[r]
@@ -353,12 +377,12 @@ class ByteTracker:
         self._hits[~matched] = 0
         self._state[~matched & (self._state == _TRACKED)] = _LOST
 
-        # 4. new tentative tracks
+        # 5. new tentative tracks
         if len(new):
             det_track[new] = np.arange(len(self._id), len(self._id) + len(new))
             self._spawn(boxes[new], scores[new], labels[new], now)
 
-        # 5. confirmation (at once on a stream's first update), then removal of dead tracks
+        # 6. confirmation (at once on a stream's first update), then removal of dead tracks
         hits = self._frames if self.tentative_keep_s > 0 else self._hits
         confirm = ((hits >= self.n_init) & (self._hits > 0)) | first_update | (self._first_score >= confirm_t)
         for row in np.flatnonzero((self._state == _TENTATIVE) & confirm):
@@ -447,8 +471,13 @@ class ByteTracker:
         for cy and h -- a wide car moving sideways is as uncertain, in its own widths, as a tall person."""
         return np.maximum(s[:, [2, 3, 2, 3]], 1.0)
 
-    def _predicted_boxes(self) -> np.ndarray:
-        """Predicted boxes for matching; tentative tracks widened by ``tentative_buffer`` position stds."""
+    def _predicted_boxes(self, rows: np.ndarray | None = None, buffer: float = 0.0) -> np.ndarray:
+        """Predicted boxes for matching: all tracks, tentative ones widened by ``tentative_buffer`` position stds;
+        or ``rows`` widened by ``buffer`` stds."""
+        if rows is not None:
+            state = self._mean[rows, :, 0].copy()
+            state[:, 2:] += 2.0 * buffer * np.sqrt(self._cov[rows, :2, 0])
+            return _cxcywh_to_xyxy(state)
         state = self._mean[:, :, 0].copy()
         tentative = self._state == _TENTATIVE
         state[tentative, 2:] += 2.0 * self.tentative_buffer * np.sqrt(self._cov[tentative, :2, 0])
