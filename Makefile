@@ -79,6 +79,9 @@ test: $(STAMP) system-deps test-data tud-data
 chaos: $(STAMP) system-deps
 	$(PY) -m tests.chaos.redis_chaos --kills 50 --hangs 10 --empty --max-down 10 --cameras 3
 	$(PY) -m tests.chaos.net_partition --partitions 20 --max-down 8
+	$(PY) -m tests.chaos.rtsp_chaos --rounds 20 --cameras 4 --seed 1
+	$(PY) -m tests.chaos.resume_chaos --kills 10 --frames 1500 --seed 1
+	$(PY) -m tests.chaos.resume_chaos --kills 10 --frames 750 --paced --load-cameras 0 --seed 2
 	$(PY) -m tests.chaos.video_fuzz --variants 600 --seed 1
 	RPN_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz_config.py
 	RPN_FUZZ_EXAMPLES=300 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz_api.py

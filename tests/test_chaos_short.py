@@ -1,5 +1,6 @@
 """Short versions of the fault loops of `make chaos` (tests/chaos/): a few Redis kill -9 / SIGSTOP hangs / an empty
-restart at random moments of a paced two-camera RTSP run. The long loops and their figures: docs/reliability.md."""
+restart at random moments of a paced two-camera RTSP run; `run` itself killed and resumed; RTSP cameras killed, hung
+and restarted, several at once. The long loops and their figures: docs/reliability.md."""
 from __future__ import annotations
 
 import json
@@ -28,3 +29,36 @@ def test_redis_kills_hangs_and_an_empty_restart_lose_nothing_acknowledged(tmp_pa
     assert found["in_redis"] + found["lost_in_empty_restart"] == found["delivered"]  # exactly once
     # Drop-oldest, end to end: two live cameras on 2 cores fall behind; what is dropped is counted with its reason.
     assert set(found["frame_drops"]) <= {"engine busy: oldest frame dropped", "stopped before processing"}
+
+
+def test_run_killed_at_random_moments_then_resumed_publishes_every_frame_once_in_order(tmp_path: Path) -> None:
+    out = tmp_path / "resume.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.chaos.resume_chaos", "--kills", "2", "--frames", "200", "--load-cameras", "2",
+         "--seed", "5", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr[-5000:]
+    found = json.loads(out.read_text())
+    loop = found["kill_loop"]
+    assert loop["moments"]["process start"] == 1  # the first kill lands before the run has published anything
+    assert loop["complete"] and loop["lost"] == loop["duplicates"] == loop["reordered"] == 0
+    assert loop["broken_after_kill"] == 0 and loop["final_exit"] == 0
+    term = found["sigterm"]  # SIGTERM under load: drained in time, every frame accounted, then resumed exactly
+    assert term["exit"] == 0 and term["frames_accounted"] and term["stream_prefix_exact"]
+    assert term["resume_exit"] == 0 and term["resume_complete"]
+
+
+@needs_system(gstreamer_available(), GSTREAMER_MISSING)
+def test_cameras_killed_hung_and_restarted_come_back_with_exact_events_while_others_flow(tmp_path: Path) -> None:
+    out = tmp_path / "rtsp.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.chaos.rtsp_chaos", "--rounds", "3", "--cameras", "3", "--max-down", "2",
+         "--max-hang", "6", "--seed", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr[-5000:]
+    found = json.loads(out.read_text())
+    assert found["faults"] >= 3 and max(int(k) for k, n in found["rounds_by_cameras_at_fault"].items() if n) >= 2
+    assert not found["stalls"] and not found["unrecovered"] and not found["beyond_bound"]
+    assert not found["inexact_events"] and not found["stray_events"]
+    assert found["pairs"] == found["faults"] - found["hangs_unnoticed"]  # one offline/online pair per outage
+    assert found["exit"] == 0 and found["frames_accounted"]

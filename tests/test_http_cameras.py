@@ -168,7 +168,9 @@ def test_http_cameras_keep_timeouts_and_the_format_can_be_set() -> None:
     mjpeg = SourceSpec("b", "http://cam/live", format="mpjpeg", options={"rw_timeout": "1000000"})
     fmt, options = demuxer_options(mjpeg)
     assert fmt == "mpjpeg" and options["rw_timeout"] == "1000000"  # the user's options win
-    assert read_timeout(mjpeg, fmt) == pytest.approx(10 / 3)
+    assert read_timeout(mjpeg, fmt) == 10  # one timed-out read fails at once (measured)
+    rtsp = SourceSpec("c", "rtsp://cam/live", read_timeout_s=4)
+    assert read_timeout(rtsp, demuxer_options(rtsp)[0]) == 2  # RTSP fails at the second timed-out read
 
 
 def test_unknown_input_format_is_refused_up_front() -> None:

@@ -48,6 +48,9 @@ def test_documented_acl_lets_each_user_do_its_job_and_nothing_more(
         result = run_cli("run", "--config", str(config), "--source", f"door={make_video(8, seed=91)}",
                          "--redis-url", pipe_url)
         assert result.returncode == 0, result.stderr
+        resumed = run_cli("run", "--config", str(config), "--source", f"door={make_video(8, seed=91)}",
+                          "--redis-url", pipe_url, "--resume")  # fences the stream, then finds nothing left to do
+        assert resumed.returncode == 0 and "Resuming door after frame 7" in resumed.stderr, resumed.stderr
         plain = run_cli("subscribe", "--redis-url", read_url, "--from-start", "--count", "8", "--timeout", "10")
         assert plain.returncode == 0, plain.stderr
         assert [json.loads(line)["frame"] for line in plain.stdout.splitlines()] == list(range(8))
@@ -55,7 +58,8 @@ def test_documented_acl_lets_each_user_do_its_job_and_nothing_more(
                         "--count", "8", "--timeout", "10")
         assert group.returncode == 0, group.stderr
         assert len(group.stdout.splitlines()) == 8
-        output = result.stdout + result.stderr + plain.stdout + plain.stderr + group.stdout + group.stderr
+        output = (result.stdout + result.stderr + resumed.stderr + plain.stdout + plain.stderr + group.stdout
+                  + group.stderr)
         assert not any(pw in output for pw in PASSWORDS.values())
 
         admin = redis.Redis(port=port, username="rpn-pipeline", password=PASSWORDS["PIPELINE_PASSWORD"],

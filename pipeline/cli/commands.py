@@ -18,7 +18,7 @@ import redis
 
 from engines import ARCHS, BACKENDS, EngineError, create_detector
 from pipeline.cli.model_commands import HEAVY_COMMANDS, classes_arg, register
-from pipeline.events.bus import Bus, connect, default_embedded_db, last_published_frame
+from pipeline.events.bus import Bus, connect, default_embedded_db, fence_and_resume_point
 from pipeline.config import CameraConfig, ConfigError, PipelineConfig, api_token_from_env, load_config, parse_source_arg
 from pipeline.events.contract import detections_key
 from pipeline.sources.urls import redact_url
@@ -342,7 +342,7 @@ def _resume_points(config: PipelineConfig, bus: Bus) -> dict[str, int]:
         if not source_spec(camera, config).is_file:
             continue
         try:
-            last = last_published_frame(bus.client, config.redis.prefix, camera.name)
+            last = fence_and_resume_point(bus.client, config.redis.prefix, camera.name)
         except redis.RedisError as exc:
             raise ConfigError(f"--resume: cannot read the stream of {camera.name!r} from {bus.display_url}: {exc}")
         if last is not None:

@@ -11,6 +11,7 @@ server against `ssl_ca_certs` (a CA file) and may present a client certificate.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,12 +97,50 @@ def describe(client: redis.Redis) -> str:
     return f"{scheme}://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
+def _last_entry(client: redis.Redis, key: str) -> tuple[str, dict[object, object]] | None:
+    """The newest entry of a stream (id, fields), or None. XINFO STREAM rather than XREVRANGE: the documented ACL
+    (docs/deploy.md) lets the pipeline check its streams but not read them back."""
+    try:
+        last = client.xinfo_stream(key)["last-entry"]
+    except redis.ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return None
+        raise
+    if not last:
+        return None
+    entry_id, fields = last
+    return (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)), fields
+
+
 def last_published_frame(client: redis.Redis, prefix: str, camera: str) -> int | None:
     """The frame index of the newest entry of a camera's detections stream (None: empty): where a resumed file
     continues (`run --resume`, and a file taken over by another cluster worker)."""
-    entries = client.xrevrange(detections_key(prefix, camera), count=1)
-    if not entries:
+    last = _last_entry(client, detections_key(prefix, camera))
+    if last is None:
         return None
-    fields = entries[0][1]
-    value = fields.get(b"frame", fields.get("frame"))
-    return int(value) if value is not None else None
+    value = last[1].get(b"frame", last[1].get("frame"))
+    return int(value) if value is not None else None  # type: ignore[call-overload]
+
+
+def fence_and_resume_point(client: redis.Redis, prefix: str, camera: str) -> int | None:
+    """`run --resume`: fence a camera's detections stream, then return its last frame index (None: empty stream).
+
+    A killed run may still have writes on their way to Redis (sent before the kill, held by the network): landing
+    after the point read here, they would be published twice. Each carries the killed run's own stream id (its
+    wall-clock milliseconds), so moving the stream's last id up to now (XSETID) makes Redis refuse them ("equal or
+    smaller than the target stream top item"), while this run's ids, taken from the clock later, are above it. The
+    point is read after the fence: what got in before it counts. A stream that does not exist yet is not fenced."""
+    key = detections_key(prefix, camera)
+    for _ in range(5):  # a write landing between the read of the top and the fence moves the top: read it again
+        last = _last_entry(client, key)
+        if last is None:
+            break
+        ms, _, seq = last[0].partition("-")
+        fence = max((int(ms), int(seq)), (int(time.time() * 1000), 0))
+        try:
+            client.execute_command("XSETID", key, f"{fence[0]}-{fence[1]}")
+            break
+        except redis.ResponseError as exc:
+            if "smaller" not in str(exc):
+                raise
+    return last_published_frame(client, prefix, camera)

@@ -114,10 +114,12 @@ def demuxer_options(spec: SourceSpec) -> tuple[str | None, dict[str, str]]:
 
 
 def read_timeout(spec: SourceSpec, fmt: str | None) -> float:
-    """PyAV's per-read timeout. It fires after up to twice its value (measured: 2 x 1 s -> error at 2.0 s), so a third
-    of ours: a stalled camera is noticed within read_timeout_s. One read of a live HLS playlist blocks until the next
-    segment is published, so there it is the whole read_timeout_s (which must exceed the segment duration)."""
-    return spec.read_timeout_s if fmt == "hls" else spec.read_timeout_s / 3
+    """PyAV's per-read timeout, such that a camera is declared offline after `read_timeout_s` of silence, not before
+    (measured against a server stopped by SIGSTOP). Over RTSP (TCP or UDP) the first interrupted read still returns
+    the partial frame the RTP depacketizer held and the error comes with the second, after twice PyAV's timeout: so
+    half of ours. Other reads (MJPEG over HTTP) fail after one timeout; one read of a live HLS playlist blocks until
+    the next segment is published (read_timeout_s must exceed the segment duration): the whole read_timeout_s."""
+    return spec.read_timeout_s / 2 if urlsplit(spec.url).scheme.lower() in ("rtsp", "rtsps") else spec.read_timeout_s
 
 
 # Formats whose timestamps are made up by FFmpeg (frames counted at a default rate): timed by arrival instead.
