@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines import Detector, create_detector  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
+from pipeline.inference.batcher import MAX_FPS_DROP as CAP_REASON  # noqa: E402
 from pipeline.inference.detector import DetectorStage  # noqa: E402
 from pipeline.monitor.view import ViewStage  # noqa: E402
 from pipeline.runner import Pipeline  # noqa: E402
 from tests.rtsp import GSTREAMER_MISSING, RtspServer, gstreamer_available, make_camera_file  # noqa: E402
 
 MAX_FPS = 5.0
-CAP_REASON = "over the camera's max_fps"
 
 
 def thread_cpu_s(native_id: int) -> float:

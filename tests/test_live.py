@@ -80,6 +80,22 @@ def test_camera_queues_rate_cap_drops_frames_sooner_than_max_fps() -> None:
     assert ctx.streams["capped"].dropped == 50 - len(served)
 
 
+def test_a_live_camera_s_frames_pushed_out_before_its_next_max_fps_slot_count_as_capped_not_engine_busy() -> None:
+    ctx = RunContext()
+    queues = CameraQueues(ctx)
+    key = queues.open("cam", capacity=1, drop_oldest=True, max_fps=0.5)  # one slot every 2 s
+    queues.put(key, _frame("cam", 0))
+    assert queues.get(timeout=1).index == 0  # type: ignore[attr-defined]  # served: the next slot is 2 s away
+    for i in range(1, 6):  # 25 fps camera, 1-frame live queue: each new frame pushes the previous one out
+        queues.put(key, _frame("cam", i))
+    assert ctx.streams["cam"].drop_reasons == {"over the camera's max_fps": 4}  # the cap, not a busy engine
+
+    busy = queues.open("busy", capacity=1, drop_oldest=True, max_fps=1000)  # due at once: the engine is late
+    for i in range(3):
+        queues.put(busy, _frame("busy", i))
+    assert ctx.streams["busy"].drop_reasons == {"engine busy: oldest frame dropped": 2}
+
+
 def _run_until(pipeline: Pipeline, condition: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

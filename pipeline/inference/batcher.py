@@ -24,6 +24,10 @@ from pipeline.stage import Channel, RunContext, Stage
 
 log = logging.getLogger(__name__)
 
+#: Drop reasons of the batcher's queues (counted per camera, shown in the summary, /metrics and the events).
+ENGINE_BUSY_DROP = "engine busy: oldest frame dropped"
+MAX_FPS_DROP = "over the camera's max_fps"
+
 
 @dataclass
 class _SourceQueue:
@@ -75,10 +79,13 @@ class CameraQueues:
             return True
 
     def _drop_oldest_frame(self, q: _SourceQueue) -> None:
+        # Before the camera's next max_fps slot nothing of it can be served, so a frame pushed out then was lost to
+        # the cap, not to a busy engine: counted as such, the engine-busy count says when detection fell behind.
+        capped = q.min_interval_s > 0 and time.monotonic() < q.next_allowed
         for i, old in enumerate(q.items):
             if isinstance(old, Frame):
                 del q.items[i]
-                self.ctx.drop([old], "engine busy: oldest frame dropped")
+                self.ctx.drop([old], MAX_FPS_DROP if capped else ENGINE_BUSY_DROP)
                 return
 
     def depth(self) -> int:
@@ -134,7 +141,7 @@ class CameraQueues:
                     return item
                 now = time.monotonic()
                 if q.min_interval_s and isinstance(item, Frame) and now < q.next_allowed:
-                    self.ctx.drop([item], "over the camera's max_fps")
+                    self.ctx.drop([item], MAX_FPS_DROP)
                     continue
                 q.next_allowed = now + q.min_interval_s
                 self._cursor = (self._cursor + offset + 1) % len(keys)
