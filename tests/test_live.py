@@ -90,6 +90,12 @@ def test_a_live_camera_s_frames_pushed_out_before_its_next_max_fps_slot_count_as
         queues.put(key, _frame("cam", i))
     assert ctx.streams["cam"].drop_reasons == {"over the camera's max_fps": 4}  # the cap, not a busy engine
 
+    fresh = queues.open("fresh", capacity=3, drop_oldest=True, max_fps=1000)
+    for i in range(3):
+        queues.put(fresh, _frame("fresh", i))
+    assert queues.get(timeout=1).index == 2  # type: ignore[attr-defined]  # its slot goes to the newest frame
+    assert ctx.streams["fresh"].drop_reasons == {"over the camera's max_fps": 2}
+
     busy = queues.open("busy", capacity=1, drop_oldest=True, max_fps=1000)  # due at once: the engine is late
     for i in range(3):
         queues.put(busy, _frame("busy", i))

@@ -44,7 +44,8 @@ class CameraQueues:
 
     A file source's full queue blocks its writer (backpressure: lossless). A live source's full queue drops its
     oldest frame instead (counted), so the engine always works on the freshest frames. A source with `max_fps` has
-    the frames that come sooner than 1 / max_fps after the last one served dropped (counted). A source's
+    the frames that come sooner than 1 / max_fps after the last one served dropped (counted); a live one's slot
+    goes to its newest waiting frame. A source's
     `StreamEnd` is served after all its frames; `end()` makes `get` return END once every queue is empty.
     """
 
@@ -144,6 +145,12 @@ class CameraQueues:
                     self.ctx.drop([item], MAX_FPS_DROP)
                     continue
                 q.next_allowed = now + q.min_interval_s
+                if q.min_interval_s and q.drop_oldest:
+                    # A capped live camera's slot goes to its freshest frame; the older ones waiting were passed
+                    # over by the cap. Detections stay current and frame age stays within one frame interval.
+                    while q.items and isinstance(q.items[0], Frame):
+                        self.ctx.drop([item], MAX_FPS_DROP)
+                        item = q.items.popleft()
                 self._cursor = (self._cursor + offset + 1) % len(keys)
                 return item
         return None
