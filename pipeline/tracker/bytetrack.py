@@ -156,6 +156,17 @@ def _others(n: int, taken: np.ndarray) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
+def _associate(
+    iou: np.ndarray, rows: np.ndarray, dets: np.ndarray, gate: float, det_track: np.ndarray, matched: np.ndarray
+) -> np.ndarray:
+    """One association step: tracks ``rows`` and detections ``dets`` matched on ``1 - iou`` [rows, dets] up to
+    ``gate``; the pairs are recorded in ``det_track`` and ``matched``. Returns the detections left over."""
+    r, c = _assign(1.0 - iou, gate)
+    det_track[dets[c]] = rows[r]
+    matched[rows[r]] = True
+    return dets[_others(len(dets), c)]
+
+
 class ByteTracker:
     """ByteTrack-style tracker for one stream; see the module docstring.
 
@@ -324,9 +335,7 @@ class ByteTracker:
         self._predict(dt)
         det_track = np.full(n, -1, np.intp)  # track row of each detection
         matched = np.zeros(len(self._id), bool)
-        iou = iou_matrix(self._predicted_boxes(), boxes)
-        if self.class_aware and iou.size:
-            iou[self._label[:, None] != labels[None, :]] = -_FORBIDDEN
+        iou = self._labelled_iou(self._predicted_boxes(), self._label, boxes, labels)
         valid = scores >= self.low_thresh
         if self.adaptive:
             self._all_hist *= _DECAY
@@ -337,41 +346,27 @@ class ByteTracker:
 
         # 1. high-score detections vs confirmed tracks (tracked and lost)
         rows = np.flatnonzero(self._state != _TENTATIVE)
-        cost = 1.0 - iou[rows[:, None], high]
-        r, c = _assign(cost, self.match_thresh)
-        det_track[high[c]] = rows[r]
-        matched[rows[r]] = True
-        high = high[_others(len(high), c)]
+        high = _associate(iou[rows[:, None], high], rows, high, self.match_thresh, det_track, matched)
 
         # 2. low-score detections vs the unmatched tracks tracked in the previous update or lost for at most
         # `low_lost_s` (an object going behind an occluder is seen weakly before and after)
         recent = (self._state == _TRACKED) | ((self._state == _LOST) & (now - self._last_time <= self.low_lost_s))
         rows = np.flatnonzero(recent & ~matched)
-        r, c = _assign(1.0 - iou[rows[:, None], low], self.low_match_thresh)
-        det_track[low[c]] = rows[r]
-        matched[rows[r]] = True
-        low = low[_others(len(low), c)]
+        low = _associate(iou[rows[:, None], low], rows, low, self.low_match_thresh, det_track, matched)
 
         # 3. left-over high-score detections vs confirmed tracks still unmatched, their predicted boxes widened by
         # their position uncertainty (grows with box size and the time since the last detection): a track whose
         # motion changed (a turn, a stop, an unseen stretch) is found again instead of a new track starting beside it
         rows = np.flatnonzero((self._state != _TENTATIVE) & ~matched)
         if self.rescue_buffer > 0 and len(rows) and len(high):
-            wide = iou_matrix(self._predicted_boxes(rows, self.rescue_buffer), boxes[high])
-            if self.class_aware:
-                wide[self._label[rows][:, None] != labels[high][None, :]] = -_FORBIDDEN
-            r, c = _assign(1.0 - wide, self.match_thresh)
-            det_track[high[c]] = rows[r]
-            matched[rows[r]] = True
-            high = high[_others(len(high), c)]
+            wide = self._labelled_iou(self._predicted_boxes(rows, self.rescue_buffer), self._label[rows], boxes[high],
+                                      labels[high])
+            high = _associate(wide, rows, high, self.match_thresh, det_track, matched)
         on_confirmed = det_track >= 0
 
         # 4. left-over high-score detections vs tentative tracks (boxes widened by their uncertainty)
         rows = np.flatnonzero(self._state == _TENTATIVE)
-        r, c = _assign(1.0 - iou[rows[:, None], high], self.tentative_match_thresh)
-        det_track[high[c]] = rows[r]
-        matched[rows[r]] = True
-        high = high[_others(len(high), c)]
+        high = _associate(iou[rows[:, None], high], rows, high, self.tentative_match_thresh, det_track, matched)
         new = high[scores[high] >= new_t]
         if self.weak_confirm_s > 0:
             # 4b. weak tier: the tentative tracks left take the left-over detections (low-score ones too) by plain
@@ -380,13 +375,8 @@ class ByteTracker:
             rest = np.concatenate([low, high])
             rows = np.flatnonzero((self._state == _TENTATIVE) & ~matched)
             if len(rows) and len(rest):
-                plain = iou_matrix(_cxcywh_to_xyxy(self._mean[rows, :, 0]), boxes[rest])
-                if self.class_aware:
-                    plain[self._label[rows][:, None] != labels[rest][None, :]] = -_FORBIDDEN
-                r, c = _assign(1.0 - plain, self.weak_match_thresh)
-                det_track[rest[c]] = rows[r]
-                matched[rows[r]] = True
-                rest = rest[_others(len(rest), c)]
+                plain = self._labelled_iou(self._predicted_boxes(rows), self._label[rows], boxes[rest], labels[rest])
+                rest = _associate(plain, rows, rest, self.weak_match_thresh, det_track, matched)
             new = rest
         if 0.0 < self.duplicate_ioa < 1.0 and len(new) and (det_track >= 0).any():
             taken = np.flatnonzero(det_track >= 0)
@@ -512,6 +502,15 @@ class ByteTracker:
         """Noise scale of each coordinate of boxes ``s`` [T, 4] (cx, cy, w, h): the width for cx and w, the height
         for cy and h -- a wide car moving sideways is as uncertain, in its own widths, as a tall person."""
         return np.maximum(s[:, [2, 3, 2, 3]], 1.0)
+
+    def _labelled_iou(
+        self, track_boxes: np.ndarray, track_labels: np.ndarray, boxes: np.ndarray, labels: np.ndarray
+    ) -> np.ndarray:
+        """IoU of track boxes with detection boxes; with ``class_aware``, pairs of different labels are refused."""
+        iou = iou_matrix(track_boxes, boxes)
+        if self.class_aware and iou.size:
+            iou[track_labels[:, None] != labels[None, :]] = -_FORBIDDEN
+        return iou
 
     def _predicted_boxes(self, rows: np.ndarray | None = None, buffer: float = 0.0) -> np.ndarray:
         """Predicted boxes for matching: all tracks, tentative ones widened by ``tentative_buffer`` position stds;
