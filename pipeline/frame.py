@@ -40,10 +40,14 @@ class Frame:
         sx, sy = self.scale
         return boxes if (sx, sy) == (1.0, 1.0) else boxes * np.array([sx, sy, sx, sy], np.float32)
 
-    def to_image(self, boxes: np.ndarray) -> np.ndarray:
-        """Boxes in source pixels -> image pixels (for drawing on the image)."""
-        sx, sy = self.scale
-        return boxes if (sx, sy) == (1.0, 1.0) else boxes / np.array([sx, sy, sx, sy], np.float32)
+
+
+def boxes_to_image(boxes: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
+    """Boxes in source pixels -> image pixels, for drawing; `scale` is source pixels per image pixel (x, y)."""
+    sx, sy = scale
+    if (sx, sy) == (1.0, 1.0):
+        return boxes
+    return np.asarray(boxes, np.float32) / np.array([sx, sy, sx, sy], np.float32)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 from torchvision.utils import draw_bounding_boxes
 
 from pipeline.analytics.camera import Overlay
+from pipeline.frame import boxes_to_image
 from pipeline.monitor.yuv import rgb_to_yuv420p
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,9 @@ def annotate(
     """The frame (uint8 HxWx3 RGB) with each detection's box and `label #track score` drawn, over the camera's
     zones and lines if it has any; uint8 3xHxW. Boxes and zones are in source pixels, `scale` source pixels per
     image pixel (x, y): the image may be the engine-sized one the detector saw."""
-    sx, sy = scale
     if overlay is not None:
         image = draw_overlay(image, overlay, scale)
-    if (sx, sy) != (1.0, 1.0):
-        boxes = np.asarray(boxes, np.float32) / np.array([sx, sy, sx, sy], np.float32)
+    boxes = boxes_to_image(boxes, scale)
     tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     if len(boxes) == 0:
         return tensor
