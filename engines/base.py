@@ -73,6 +73,7 @@ TORCHVISION_ARCHS: tuple[str, ...] = (
 )
 ARCHS: tuple[str, ...] = (DEFAULT_ARCH, *TORCHVISION_ARCHS)
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "tensorrt")
+PRECISIONS: tuple[str, ...] = ("fp32", "int8")  # engine.precision; int8 needs an accepted calibration
 
 
 def state_dir() -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from engines.base import BACKENDS, DEFAULT_ARCH, Detector, EngineError, default_cache_dir
+from engines.base import BACKENDS, DEFAULT_ARCH, PRECISIONS, Detector, EngineError, default_cache_dir
 
 log = logging.getLogger("engines")
 
@@ -39,8 +39,8 @@ def create_detector(
     benchmarks/gpu_check.sh).
     """
     backend = resolve_backend(backend)
-    if precision not in ("fp32", "int8"):
-        raise EngineError(f"unknown precision {precision!r}; choose fp32 or int8")
+    if precision not in PRECISIONS:
+        raise EngineError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
     if precision == "int8" and backend == "torch":
         raise EngineError("precision int8 needs backend onnxruntime or tensorrt, not torch")
     import torch

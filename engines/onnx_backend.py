@@ -8,7 +8,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor
 
-from engines.base import EngineError
+from engines.base import PRECISIONS, EngineError
 from engines.export import ExportedModel
 from engines.models import LoadedModel
 from engines.split import GraphRunner, SplitDetector
@@ -36,9 +36,6 @@ def _runner(session: ort.InferenceSession) -> GraphRunner:
         return [torch.from_numpy(o) for o in session.run(None, feeds)]
 
     return run
-
-
-PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 
 
 def create_onnxruntime_detector(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -127,6 +127,13 @@ def rois_of(boxes: Sequence[Tensor]) -> Tensor:
     return torch.cat([index, torch.cat(list(boxes))], dim=1)
 
 
+def clip_to_images(boxes: Tensor, sizes: Sequence[tuple[int, int]], image_of: Tensor) -> Tensor:
+    """torchvision's clip_boxes_to_image for a whole batch: boxes [R, ..., 4] (x1, y1, x2, y2), row r clipped to
+    image `image_of[r]`, whose (height, width) is in `sizes`."""
+    limits = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=boxes.dtype)[image_of]
+    return boxes.clamp(min=0).minimum(limits.view(len(limits), *([1] * (boxes.dim() - 2)), 4))
+
+
 def feature_names(model: FasterRCNN) -> list[str]:
     """Names of the backbone's feature maps, in order (what RoIAlign is told to pool from)."""
     with torch.no_grad():
@@ -226,7 +233,6 @@ class SplitDetector(Detector):
             torch.set_num_threads(threads)
         return results
 
-    @torch.inference_mode()
     def frame_size_for(self, width: int, height: int) -> tuple[int, int] | None:
         return resized_size(self.model, width, height, self.input_size)
 
@@ -268,8 +274,7 @@ class SplitDetector(Detector):
         num_classes = class_logits.shape[-1]
         pred_boxes = roi_heads.box_coder.decode(box_regression, boxes)  # [R, K, 4]
         scores = nn.functional.softmax(class_logits, -1)
-        limits = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=pred_boxes.dtype)[image_of]  # clip per image
-        pred_boxes = pred_boxes.clamp(min=0).minimum(limits[:, None, :])
+        pred_boxes = clip_to_images(pred_boxes, sizes, image_of)
         labels = torch.arange(num_classes).view(1, -1).expand_as(scores)
         image_of = image_of.view(-1, 1).expand_as(scores)
         pred_boxes, scores = pred_boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1)  # background out
@@ -318,8 +323,7 @@ class SplitDetector(Detector):
                                                 torch.cat(picked_anchors, 1).reshape(-1, 4))
         level = torch.cat([torch.full((count,), i) for i, count in enumerate(counts)]).repeat(num_images)
         image_of = torch.arange(num_images).repeat_interleave(sum(counts))
-        limits = torch.tensor([[w, h, w, h] for h, w in sizes], dtype=proposals.dtype)[image_of]
-        proposals = proposals.clamp(min=0).minimum(limits)  # clip_boxes_to_image, per image
+        proposals = clip_to_images(proposals, sizes, image_of)
         prob = torch.sigmoid(torch.cat(scores, 1).reshape(-1))
         wh = proposals[:, 2:] - proposals[:, :2]
         keep = (wh >= rpn.min_size).all(dim=1) & (prob >= rpn.score_thresh)  # remove_small_boxes, score_thresh

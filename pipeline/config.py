@@ -18,7 +18,6 @@ cluster: {max_cameras_per_worker: 8}    # only with `run --cluster` (docs/cluste
 from __future__ import annotations
 
 import difflib
-
 import ipaddress
 import os
 import re
