@@ -23,7 +23,7 @@ from redis.retry import Retry
 
 from engines import state_dir
 
-from pipeline.events.contract import detections_key
+from pipeline.events.contract import detections_key, parse_stream_id
 from pipeline.sources.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -135,8 +135,7 @@ def fence_and_resume_point(client: redis.Redis, prefix: str, camera: str) -> int
         last = _last_entry(client, key)
         if last is None:
             break
-        ms, _, seq = last[0].partition("-")
-        fence = max((int(ms), int(seq)), (int(time.time() * 1000), 0))
+        fence = max(parse_stream_id(last[0]), (int(time.time() * 1000), 0))
         try:
             client.execute_command("XSETID", key, f"{fence[0]}-{fence[1]}")
             break

@@ -23,6 +23,13 @@ def detections_key(prefix: str, camera: str) -> str:
     return f"{prefix}:detections:{camera}"
 
 
+def parse_stream_id(stream_id: str | bytes) -> tuple[int, int]:
+    """A Redis stream id "<ms>-<seq>" as (ms, seq): tuples order as Redis orders the ids."""
+    text = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def events_key(prefix: str) -> str:
     """One Redis Stream for events of all cameras: camera state changes and track lifecycle."""
     return f"{prefix}:events"

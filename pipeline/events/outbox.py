@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import redis
 
+from pipeline.events.contract import parse_stream_id
+
 log = logging.getLogger(__name__)
 
 # Errors that say "not now" rather than "never": the entry is retried after a backoff.
@@ -507,7 +509,7 @@ class Outbox:
                 top = str(self.client.xinfo_stream(key)["last-generated-id"])
             except redis.ResponseError:  # "no such key": the stream is gone
                 top = "none (the stream is gone)"
-            if top.startswith("none") or tuple(map(int, top.split("-"))) < tuple(map(int, acked.split("-"))):
+            if top.startswith("none") or parse_stream_id(top) < parse_stream_id(acked):
                 self.went_backwards += 1
                 del self._acked[key]
                 log.error("Redis stream %s went backwards at %s: the server's last id is %s, but it had acknowledged "
@@ -536,10 +538,9 @@ class Outbox:
             top = str(self.client.xinfo_stream(key)["last-generated-id"])
         except (redis.RedisError, KeyError):
             return None
-        ms, _, seq = top.partition("-")
         log.warning("Redis stream %s already has ids up to %s, ahead of this publisher's (another writer, or the "
                     "clock was set back): numbering the following entries after it", key, top)
-        return int(ms), int(seq)
+        return parse_stream_id(top)
 
     def _renumber(self, key: str, top: tuple[int, int]) -> None:
         """Give the waiting entries of `key`, in order, ids after `top`. Called with the lock held."""
