@@ -26,6 +26,7 @@ from pipeline.config import CameraConfig, PipelineConfig, load_config  # noqa: E
 from pipeline.events.contract import detections_key, events_key, owner_key  # noqa: E402
 from tests.redis_servers import validate_streams  # noqa: E402
 from tests.rtsp import GSTREAMER_MISSING, RtspServer, gstreamer_available, make_camera_file  # noqa: E402
+from tests.waiting import wait_for
 
 CAMERAS = [f"cam{i}" for i in range(6)]
 
@@ -56,17 +57,6 @@ class Cluster:
 
     def ready_workers(self) -> list[dict[str, Any]]:
         return [w for w in self.call("cluster")["workers"] if w["ready"]]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, poll: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(poll)
 
 
 def frame_runs(client: redis.Redis, key: str) -> list[list[int]]:

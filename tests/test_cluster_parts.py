@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,14 +22,7 @@ from pipeline.events.bus import dedicated_client
 from pipeline.events.contract import detections_key, events_key, owner_key
 from pipeline.events.outbox import FENCED_REASON, Outbox
 from tests.conftest import ROOT, run_cli
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+from tests.waiting import wait_for
 
 
 def test_cluster_usage_and_config_errors_exit_2(make_video: Callable[..., Path], redis_url: str) -> None:

@@ -19,7 +19,7 @@ from pipeline.sources.decoder import StreamClock
 from tests.conftest import run_cli
 from tests.footage import BIKES, VTEST, Footage
 from tests.rtsp import GSTREAMER_MISSING, RtspServer, gstreamer_available
-from tests.test_rtsp_cameras import wait_for
+from tests.waiting import wait_for
 
 
 def _entries(client: redis.Redis, prefix: str, camera: str) -> list[dict[str, object]]:

@@ -17,13 +17,7 @@ from pipeline.config import load_config
 from pipeline.events.outbox import Entry, Outbox
 from pipeline.runner import Pipeline
 from tests.redis_servers import RedisProcess, validate_streams
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+from tests.waiting import wait_for
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import json
 import logging
 import re
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,13 +30,7 @@ from tests.redis_servers import RedisProcess, free_port
 from tests.rtsp import GSTREAMER_MISSING, RtspServer, gstreamer_available, make_camera_file
 from tests.system_deps import needs_system
 from tests.test_subscribe import publish_frames
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.1)
+from tests.waiting import wait_for
 
 
 def summary_rows(stdout: str) -> dict[str, dict[str, object]]:
@@ -184,7 +177,7 @@ def test_help_of_every_subcommand() -> None:
     assert {"run", "demo", "subscribe", "detect", "export", "train", "eval"} <= set(commands), top.stdout
     for command in commands:
         result = run_cli(command, "--help")
-        assert result.returncode == 0 and result.stdout.startswith(f"usage: "), (command, result.stderr)
+        assert result.returncode == 0 and result.stdout.startswith("usage: "), (command, result.stderr)
         assert f" {command}" in result.stdout.splitlines()[0], command
 
 

@@ -27,15 +27,9 @@ from pipeline.events.contract import detections_key, events_key
 from pipeline.runner import Pipeline
 from tests.conftest import ROOT
 from tests.redis_servers import RedisProcess, validate_streams
+from tests.waiting import wait_for
 
 REDIS_REASONS = ("redis buffer full", "undelivered at shutdown", "rejected by Redis", "publisher closed")
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def start_paced_run(video: Path, client: redis.Redis, detector: Detector, prefix: str,

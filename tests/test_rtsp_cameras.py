@@ -21,6 +21,7 @@ from pipeline.runner import Pipeline
 from tests.cli_process import CliProcess
 from tests.rtsp import GSTREAMER_MISSING, RtspServer, gstreamer_available, make_camera_file
 from tests.system_deps import needs_system
+from tests.waiting import wait_for
 
 pytestmark = needs_system(gstreamer_available(), GSTREAMER_MISSING)
 
@@ -30,16 +31,6 @@ FAST_RECONNECT = {"initial_s": 0.2, "max_s": 1.0, "jitter": 0.2, "healthy_s": 0.
 @pytest.fixture(scope="module")
 def camera_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_camera_file(tmp_path_factory.mktemp("cams") / "cam.h264", frames=50, width=320, height=240, seed=40)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll until `condition` holds; returns the seconds it took."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 def camera_events(client: redis.Redis, prefix: str, camera: str) -> list[tuple[str, str]]:
@@ -110,7 +101,9 @@ def test_hung_camera_is_noticed_within_its_read_timeout_and_recovers(
         server.pause()  # SIGSTOP: the connection stays open, nothing comes
         try:
             # Noticed through the read timeout (2 s), not waited on for ever: a generous deadline.
-            noticed = wait_for(lambda: stats["hung"].state == "offline", 60, "the stall to be noticed")
+            paused = time.monotonic()
+            wait_for(lambda: stats["hung"].state == "offline", 60, "the stall to be noticed")
+            noticed = time.monotonic() - paused
         finally:
             server.resume()
         seen = stats["hung"].published

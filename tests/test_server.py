@@ -3,7 +3,6 @@ camera: add a camera, see it online in the list and in /metrics, remove it; auth
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from io import BytesIO
@@ -22,16 +21,9 @@ from pipeline.api.server import ApiServer
 from tests.conftest import run_cli
 from tests.rtsp import GSTREAMER_MISSING, RtspServer, gstreamer_available, make_camera_file
 from tests.system_deps import needs_system
+from tests.waiting import wait_for
 
 FAST_RECONNECT = {"initial_s": 0.2, "max_s": 1.0, "jitter": 0.2, "healthy_s": 0.5}
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

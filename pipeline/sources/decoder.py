@@ -35,7 +35,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import av
-import numpy as np
 
 from pipeline.frame import StreamEnd
 from pipeline.stage import RunContext
