@@ -145,8 +145,24 @@ def test_low_score_detections_keep_a_track_alive_and_without_the_weak_tier_never
         assert int(ids[0]) == tid and int(ids[1]) == -1
         assert tracker.started == []
     assert int(step(tracker, (box(100 + 3 * 53, 100), 0.9, PERSON), t=53 / FPS)[0]) == tid
-    # below low_thresh: ignored altogether
-    assert int(step(tracker, (box(100 + 3 * 54, 100), 0.05, PERSON), t=54 / FPS)[0]) == -1
+
+
+def test_near_zero_scores_continue_a_track_but_never_start_one() -> None:
+    """A detector with a wide score spread sometimes scores a tracked object at almost nothing: under `low_thresh`
+    the detection still continues the object's confirmed track (down to `keep_thresh`, default 0), while a new
+    object seen only at such scores never gets a track, not even through the weak tier."""
+    for keep in (0.0, 0.1):
+        tracker = ByteTracker(frame_rate=FPS, keep_thresh=keep)
+        for f in range(3):
+            tid = int(step(tracker, (box(100 + 3 * f, 100), 0.9, PERSON), t=f / FPS)[0])
+        assert tid > 0
+        for f in range(3, 30):
+            score = 0.03 if f % 2 else 0.9  # every other frame almost nothing
+            ids = step(tracker, (box(100 + 3 * f, 100), score, PERSON), (box(400, 300), 0.03, CAR), t=f / FPS)
+            assert int(ids[0]) == (tid if keep == 0.0 or score > 0.1 else -1) and int(ids[1]) == -1
+            assert tracker.started == []
+    with pytest.raises(ValueError, match="keep_thresh"):
+        ByteTracker(keep_thresh=0.2)  # above low_thresh
 
 
 def _first_confirmed(tracker: ByteTracker, fps: float, seen: Callable[[int], bool], seconds: float = 2.0) -> float | None:

@@ -14,10 +14,11 @@ Per update (one frame of one stream):
 3. High-score detections are matched to all confirmed tracks -- tracked and lost -- by Hungarian assignment
    (``scipy.optimize.linear_sum_assignment``) on ``1 - IoU`` between predicted and detected boxes; pairs costing
    more than ``match_thresh`` are refused.
-4. Low-score detections (``low_thresh <= score < high``) are matched to the confirmed tracks left over that were
-   tracked in the previous update or lost at most ``low_lost_s`` ago, gated by the stricter ``low_match_thresh``:
-   they keep an occluded object's track alive, and pick it up again as it comes out weakly from behind an occluder,
-   but start a track only through the weak tier (step 6).
+4. Low-score detections (``keep_thresh <= score < high``, ``keep_thresh`` 0 by default: any score) are matched to
+   the confirmed tracks left over that were tracked in the previous update or lost at most ``low_lost_s`` ago, gated
+   by the stricter ``low_match_thresh``: they keep an occluded object's track alive (and an object whose score dips
+   to almost nothing for a frame), and pick it up again as it comes out weakly from behind an occluder, but start a
+   track only through the weak tier (step 6), and only from ``low_thresh`` up.
 5. Optional (``rescue_buffer`` > 0, off by default): confirmed tracks still unmatched get a second chance at the
    left-over high-score detections, their predicted boxes widened by ``rescue_buffer`` standard deviations of their
    predicted position (which grow with the box size and the time since the last detection): an object that turned
@@ -206,6 +207,11 @@ class ByteTracker:
             start a track).
         weak_match_thresh: largest ``1 - IoU`` between a tentative track's predicted (not widened) box and a
             left-over detection of any score above ``low_thresh`` (the weak tier's strict gate).
+        keep_thresh: detections scoring in ``[keep_thresh, low_thresh)`` take part in the low-score association
+            only (step 4: they continue a recent confirmed track through the strict ``low_match_thresh`` gate), never
+            start or confirm a track and stay out of the score histograms. Default 0: the detector's own threshold
+            is the floor, so an object whose score dips to almost nothing for a frame (a wide score spread) keeps
+            its track.
     """
 
     def __init__(
@@ -234,11 +240,14 @@ class ByteTracker:
         rescue_buffer: float = 0.0,
         weak_confirm_s: float = 0.03,
         weak_match_thresh: float = 0.7,
+        keep_thresh: float = 0.0,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
         if not 0.0 <= low_thresh <= high_thresh:
             raise ValueError(f"need 0 <= low_thresh <= high_thresh, got {low_thresh}, {high_thresh}")
+        if not 0.0 <= keep_thresh <= low_thresh:
+            raise ValueError(f"need 0 <= keep_thresh <= low_thresh, got {keep_thresh}, {low_thresh}")
         if n_init < 1:
             raise ValueError(f"n_init must be >= 1, got {n_init}")
         if weak_confirm_s < 0:
@@ -268,6 +277,7 @@ class ByteTracker:
         self.rescue_buffer = float(rescue_buffer)
         self.weak_confirm_s = float(weak_confirm_s)
         self.weak_match_thresh = float(weak_match_thresh)
+        self.keep_thresh = float(keep_thresh)
         # Running score histograms (exponentially forgotten): scores of detections on established tracks (true
         # objects, mostly) and of detections left on no track (false positives, mostly). The adaptive thresholds
         # split them where the fewest detections fall on the wrong side.
@@ -342,7 +352,8 @@ class ByteTracker:
             np.add.at(self._all_hist, _bin(scores[valid]), 1.0)
         high_t, new_t, confirm_t = self.thresholds()
         high = np.flatnonzero(scores >= high_t)
-        low = np.flatnonzero(valid & (scores < high_t))
+        # low-score detections down to `keep_thresh` (below `low_thresh` too) may continue a recent confirmed track
+        low = np.flatnonzero((scores >= self.keep_thresh) & (scores < high_t))
 
         # 1. high-score detections vs confirmed tracks (tracked and lost)
         rows = np.flatnonzero(self._state != _TENTATIVE)
@@ -372,7 +383,7 @@ class ByteTracker:
             # 4b. weak tier: the tentative tracks left take the left-over detections (low-score ones too) by plain
             # IoU with a strict gate (no widened box: a chain of unrelated false positives must not pass); the
             # detections left start tentative tracks, weak ones below the new-track threshold
-            rest = np.concatenate([low, high])
+            rest = np.concatenate([low[scores[low] >= self.low_thresh], high])
             rows = np.flatnonzero((self._state == _TENTATIVE) & ~matched)
             if len(rows) and len(rest):
                 plain = self._labelled_iou(self._predicted_boxes(rows), self._label[rows], boxes[rest], labels[rest])
