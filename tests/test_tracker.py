@@ -201,6 +201,35 @@ def test_weak_tier_needs_an_unbroken_run_and_ignores_scattered_low_scores() -> N
     assert tracker.active_tracks == 1
 
 
+def _person_starts(clutter: bool, clutter_thresh: float = 1.5) -> tuple[list[tuple[float, float]], float]:
+    """A person false positive followed, after a frame without it, by another one beside it (plain IoU about 0.1,
+    inside the tentative track's widened box) at t = 30 and 32; a real person missed for one frame and seen again in
+    place at t = 40 and 42. With `clutter`, four one-off car false positives a frame elsewhere. Returns (first box
+    centre of each confirmed person track, the tracker's clutter rate)."""
+    tracker = ByteTracker(frame_rate=FPS, adaptive=False, high_thresh=0.5, clutter_thresh=clutter_thresh)
+    rng = np.random.default_rng(3)
+    person = {30: box(300, 100), 32: box(314, 120), 40: box(500, 100), 42: box(502, 101)}
+    starts = []
+    for f in range(60):
+        items = [(person[f], 0.6, PERSON)] if f in person else []
+        if clutter:
+            items += [(box(x, y), 0.6, CAR) for x, y in rng.uniform([0, 1000], [4000, 4000], (4, 2))]
+        step(tracker, *items, t=f / FPS)
+        starts += [((s.box[0] + s.box[2]) / 2, (s.box[1] + s.box[3]) / 2) for s in tracker.started if s.label == PERSON]
+    return starts, tracker.clutter()
+
+
+def test_dense_clutter_keeps_tentative_tracks_that_missed_a_frame_to_the_plain_gate() -> None:
+    """With few false positives, a tentative track that missed a frame takes a detection anywhere in its widened box
+    (a fast object seen again); when detections that never repeat are frequent, only by the plain IoU gate, so two
+    unrelated false positives do not make a track, while an object seen again in place still does."""
+    quiet, rate = _person_starts(clutter=False)
+    assert rate < 0.1 and quiet == [(300.0, 100.0), (500.0, 100.0)]
+    busy, rate = _person_starts(clutter=True)
+    assert rate > 3.0 and busy == [(500.0, 100.0)]
+    assert _person_starts(clutter=True, clutter_thresh=float("inf"))[0] == quiet  # the mechanism off
+
+
 def test_detection_of_another_label_is_never_matched() -> None:
     for class_aware in (True, False):
         tracker = ByteTracker(frame_rate=FPS, class_aware=class_aware)
