@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Where the engine's time goes: per-part milliseconds per frame of the ONNX Runtime engine, at batch 1 and 4.
 
-    python benchmarks/engine_profile.py [--frames 48] [--repeats 3] [--precision fp32|int8]
+    python benchmarks/engine_profile.py [--frames 48] [--repeats 3] [--threads 2] [--seed 1100] [--crowd 20]
 
 Parts: preprocess (pixels into the input batch; plus the resize for frames the decoder did not scale), dense
 (normalisation, backbone, RPN head graph), proposals, roi_heads (RoIAlign + box head graph, one run per batch),
 postprocess. Also the dense graph alone on the same batches, and the ratio engine fps / dense-alone fps (the share of
 the time the network itself takes); and both graphs alone (dense + RoI heads on the same RoIs, no glue), the bound
-for that ratio. Each figure in wall-clock ms per frame and in CPU ms per frame (process CPU time,
+for that ratio; and the RoIs per frame that reach the second stage. The decoder-scaled rows repeat at batch 4 on a
+crowded scene (--crowd objects in view). Each figure in wall-clock ms per frame and in CPU ms per frame (process CPU time,
 all threads: on a shared machine it depends far less on others' load). Figures are the best of --repeats passes;
 only ratios within one run are comparable. About 1-2 minutes.
 """
@@ -55,6 +56,8 @@ def profile(detector: SplitDetector, frames: list[np.ndarray], batch: int, repea
         for i in range(0, n, batch):
             detector.detect(frames[i : i + batch])
 
+    rois_per_frame = sum(int(r[-1].shape[0]) for r in roi_inputs) / n
+
     def dense_alone() -> None:
         for x, _ in inputs:
             detector.run_dense(x)
@@ -80,6 +83,7 @@ def profile(detector: SplitDetector, frames: list[np.ndarray], batch: int, repea
                 detector.timings = None  # the graphs alone are not engine parts
             best[name] = min(wall, best.get(name, float("inf")))
             best[name + "_cpu"] = min(cpu, best.get(name + "_cpu", float("inf")))
+    best["rois"] = rois_per_frame
     return best
 
 
@@ -90,37 +94,48 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1100, help="held-out scene seed (training uses < 1000)")
+    parser.add_argument("--crowd", type=int, default=20, help="objects in view in the crowded scene's rows")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(args.threads)
     frame_size = (640, 360)
     frames = [rgb for rgb, _ in render_frames(SceneSpec(width=640, height=360, frames=args.frames), seed=args.seed)]
+    crowd = [rgb for rgb, _ in render_frames(SceneSpec(width=640, height=360, frames=args.frames,
+                                                       max_objects=args.crowd), seed=args.seed)]
     loaded = build_model("fasterrcnn_lite", args.weights if args.weights.is_file() else None)
     exported = export_onnx(loaded, tempfile.mkdtemp(prefix="rpn-profile-"), frame_size)
     detector = create_onnxruntime_detector(loaded, exported, 0.5, threads=args.threads)
     # What the pipeline feeds the engine: frames the decoder scaled to the engine's size (swscale, as in
     # pipeline/sources/scaling.py). The 640x360 rows show an engine that resizes for itself.
     w, h = detector.frame_size_for(*frame_size) or frame_size
-    scaled = [av.VideoFrame.from_ndarray(f, format="rgb24").reformat(w, h, interpolation="AREA").to_ndarray()
-              for f in frames]
+
+    def decoder_scaled(rgb: list[np.ndarray]) -> list[np.ndarray]:
+        return [av.VideoFrame.from_ndarray(f, format="rgb24").reformat(w, h, interpolation="AREA").to_ndarray()
+                for f in rgb]
+
+    scaled = decoder_scaled(frames)
     rows = [(f"{w}x{h} (decoder-scaled)", batch, profile(detector, scaled, batch, args.repeats)) for batch in (1, 4)]
+    rows += [(f"{w}x{h} (decoder-scaled), crowd of {args.crowd}", 4,
+              profile(detector, decoder_scaled(crowd), 4, args.repeats))]
     rows += [("640x360 (resized in the engine)", batch, profile(detector, frames, batch, args.repeats))
              for batch in (1, 4)]
     load = os.getloadavg()[0]
     print(f"\nfasterrcnn_lite, onnxruntime, {len(frames)} held-out synthetic frames 640x360, {args.threads} threads, "
           f"best of {args.repeats}; ms per frame, wall clock (CPU ms: process CPU time, all threads). "
           f"Load average {load:.1f} at the end on {os.cpu_count()} cores.\n")
-    print("| frames | batch | " + " | ".join(PARTS) + " | total | engine fps | dense alone fps "
+    print("| frames | batch | RoIs per frame | " + " | ".join(PARTS) + " | total | engine fps | dense alone fps "
           "| engine / dense-alone (by CPU) | both graphs alone fps | engine / both graphs alone (by CPU) |")
-    print("|---|---:|" + "---:|" * (len(PARTS) + 6))
+    print("|---|---:|---:|" + "---:|" * (len(PARTS) + 6))
     for frames_kind, batch, p in rows:
         cells = " | ".join(f"{p[part]:.2f} ({p[part + '_cpu']:.2f})" for part in PARTS)
-        print(f"| {frames_kind} | {batch} | {cells} | {p['total']:.2f} ({p['total_cpu']:.2f}) | {1000 / p['total']:.1f} "
-              f"| {1000 / p['dense_alone']:.1f} | {p['dense_alone'] / p['total']:.2f} "
+        print(f"| {frames_kind} | {batch} | {p['rois']:.0f} | {cells} | {p['total']:.2f} ({p['total_cpu']:.2f}) "
+              f"| {1000 / p['total']:.1f} | {1000 / p['dense_alone']:.1f} | {p['dense_alone'] / p['total']:.2f} "
               f"({p['dense_alone_cpu'] / p['total_cpu']:.2f}) | {1000 / p['graphs_alone']:.1f} "
               f"| {p['graphs_alone'] / p['total']:.2f} ({p['graphs_alone_cpu'] / p['total_cpu']:.2f}) |")
     print("\nboth graphs alone: dense.onnx and roi_heads.onnx on the same batches and RoIs, without the glue between "
-          "them (preprocess, proposals, postprocess): the bound for engine / dense-alone.")
+          "them (preprocess, proposals, postprocess): the bound for engine / dense-alone. RoIs per frame: the "
+          "proposals that reach RoIAlign and the box head (at most rpn_post_nms_top_n_test, fewer when the RPN's "
+          "score threshold leaves fewer).")
 
 
 if __name__ == "__main__":

@@ -148,7 +148,10 @@ def cached_export(
     """The ONNX export of these weights for this frame size, made once and reused from `cache_dir`."""
     if weights is None:  # random weights: nothing worth caching
         return export_onnx(loaded, tempfile.mkdtemp(prefix="rpn-onnx-"), frame_size)
-    directory = cache_dir / f"{loaded.arch}-{file_sha256(weights)[:16]}-{frame_size[0]}x{frame_size[1]}"
+    # The model's structure (its repr: layer shapes, RoIAlign sampling) is in the key, so that an export made by an
+    # earlier version with other inference settings is never reused for these weights.
+    structure = hashlib.sha256(repr(loaded.model).encode()).hexdigest()[:8]
+    directory = cache_dir / f"{loaded.arch}-{file_sha256(weights)[:16]}-{structure}-{frame_size[0]}x{frame_size[1]}"
     try:
         return load_exported(directory)
     except EngineError:

@@ -104,3 +104,36 @@ def test_shipped_model_finds_the_objects_of_a_held_out_scene() -> None:
     assert total >= 30
     assert found / total >= 0.9, f"found {found} of {total} clearly visible objects"
     assert false_positives <= 0.1 * total, f"{false_positives} detections away from any object"
+
+
+def test_inference_settings_find_the_objects_the_trained_model_finds() -> None:
+    # The default model runs cheaper than it was trained (adaptive RoIAlign sampling, an RPN score threshold, fc6 as
+    # its truncated SVD): on held-out frames it must report the same objects, with the same labels and near scores.
+    from torchvision.ops import box_iou
+
+    from engines.models import default_weights, fasterrcnn_lite
+
+    weights = default_weights("fasterrcnn_lite")
+    assert weights is not None
+    engine_form = build_model("fasterrcnn_lite", weights).model
+    as_trained = fasterrcnn_lite()
+    as_trained.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True)["model"])
+    as_trained.eval()
+    assert engine_form.roi_heads.box_head.fc6[0].out_features < as_trained.roi_heads.box_head.fc6.out_features
+    images = [torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+              for rgb, _ in render_frames(SceneSpec(width=640, height=360, frames=6, max_objects=12), seed=1007)]
+    with torch.inference_mode():
+        found, reference = engine_form(images), as_trained(images)
+    matched = 0
+    for a, b in zip(found, reference):
+        keep_a, keep_b = a["scores"] >= 0.5, b["scores"] >= 0.5
+        assert int(keep_a.sum()) == int(keep_b.sum())
+        if not keep_b.any():
+            continue
+        iou = box_iou(a["boxes"][keep_a], b["boxes"][keep_b])
+        best = iou.max(dim=0)
+        assert (best.values > 0.9).all()
+        assert torch.equal(a["labels"][keep_a][best.indices], b["labels"][keep_b])
+        assert (a["scores"][keep_a][best.indices] - b["scores"][keep_b]).abs().max() < 0.05
+        matched += int(keep_b.sum())
+    assert matched >= 12
