@@ -265,3 +265,26 @@ def test_files_are_a_work_queue_and_a_killed_worker_s_file_resumes_after_its_las
     for camera in files:
         assert cluster.call("remove_camera", camera)
     assert worker_name(moved[-1]["from_node"]) == worker
+
+
+def test_a_gpu_node_s_worker_claims_its_gpus_and_cpu_workers_see_none(cluster: Cluster) -> None:
+    # A worker on a GPU node claims its GPUs: Ray accounts them to it and pins CUDA_VISIBLE_DEVICES, which the API
+    # shows. This node declares one GPU to Ray (there is none here: Ray schedules by the declared resource, and the
+    # engine stays on onnxruntime).
+    local = cluster.session.local
+    before = {w["name"] for w in cluster.call("cluster")["workers"]}
+    assert all(not w["gpus"] for w in cluster.ready_workers())
+    node = local.add_node(num_cpus=1, num_gpus=1, resources={cluster.config.cluster.worker_resource: 1})
+    try:
+        def gpu_worker() -> dict[str, Any] | None:
+            return next((w for w in cluster.ready_workers() if w["name"] not in before), None)
+
+        worker = wait_for(gpu_worker, 180, "the GPU node's worker to load its engine")
+        assert worker["gpus"] == ["0"] and worker["node"] == node.node_id
+        assert worker["backend"] == "onnxruntime"
+        others = [w for w in cluster.ready_workers() if w["name"] != worker["name"]]
+        assert others and all(not w["gpus"] for w in others), others  # [] or unset: no GPU on their nodes
+    finally:
+        local.remove_node(node, allow_graceful=False)
+    wait_for(lambda: worker["name"] not in {w["name"] for w in cluster.call("cluster")["workers"]}, 60,
+             "the removed node's worker to be dropped")

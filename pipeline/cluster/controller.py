@@ -150,6 +150,7 @@ class ClusterController:
             for name, w in sorted(self.workers.items()):
                 load = sum(1 for p in placements.values() if p.worker == name)
                 workers.append({"name": name, "node": w.node, "ready": w.status is not None,
+                                "backend": (w.status or {}).get("backend"), "gpus": (w.status or {}).get("gpus"),
                                 "healthy": w.status is not None and now - w.last_seen < self.cc.worker_timeout_s,
                                 "cameras": load, "capacity": self.cc.max_cameras_per_worker,
                                 "seconds_since_seen": round(now - w.last_seen, 2) if w.last_seen else None})
@@ -206,7 +207,12 @@ class ClusterController:
     def _refresh_workers(self) -> dict[str, str]:
         """Create a worker per live worker node; drop workers Ray declared lost. Returns {lost worker: reason}."""
         resource = self.cc.worker_resource
-        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get(resource, 0) > 0}
+        # The worker claims every GPU of its node: Ray then accounts them to it (no other GPU task lands there) and
+        # pins CUDA_VISIBLE_DEVICES to them. Unclaimed, the GPUs are visible or not depending on Ray's version
+        # (older releases and RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO hide them from actors that claim none).
+        gpus = {n["NodeID"]: int(n["Resources"].get("GPU", 0)) for n in ray.nodes()
+                if n["Alive"] and n["Resources"].get(resource, 0) > 0}
+        alive = set(gpus)
         lost: dict[str, str] = {}
         for name, w in list(self.workers.items()):
             if w.node not in alive:
@@ -217,11 +223,11 @@ class ClusterController:
                 continue
             handle = ray.remote(ClusterWorker).options(
                 name=name, namespace=self.cc.namespace, lifetime="detached", get_if_exists=True,
-                num_cpus=0, resources={resource: 1}, max_restarts=0, max_concurrency=8,
+                num_cpus=0, num_gpus=gpus[node], resources={resource: 1}, max_restarts=0, max_concurrency=8,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
             ).remote(self.config, name, node)
             self.workers[name] = _Worker(handle, node)
-            log.info("worker %s on node %s", name, node)
+            log.info("worker %s on node %s (%d GPUs)", name, node, gpus[node])
         for name in lost:
             self._forget_worker(name)
         return lost

@@ -107,7 +107,10 @@ class ClusterWorker:
                 "drop_reasons": dict(stats.drop_reasons), "objects": stats.objects, "error": stats.error,
             }
         pub = self.pipeline.publisher_stats()
-        return {"name": self.name, "node": self.node, "pid": os.getpid(), "cameras": cameras, "started_at": self.started_at,
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # set by Ray from the GPUs the worker claims
+        return {"name": self.name, "node": self.node, "pid": os.getpid(), "cameras": cameras,
+                "started_at": self.started_at, "backend": self.detector.backend,
+                "gpus": [g for g in visible.split(",") if g] if visible is not None else None,
                 "redis_connected": pub.connected, "buffered_entries": pub.buffered_entries,
                 "dropped_by_reason": self.pipeline.outbox.dropped_by_reason()}
 
