@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Live cameras offered to an engine slower than their total frame rate: frame age at publish and drops.
 
-    python benchmarks/live_bench.py [--streams 4] [--seconds 20] [--fps 25]
+    python benchmarks/live_bench.py [--streams 8] [--max-batch 8] [--seconds 20] [--fps 25]
 
 Each stream is a synthetic 640x360 video paced to its native rate (`realtime`), standing in for a camera. The same
 streams run twice in one process, with the same engine:
@@ -9,6 +9,8 @@ streams run twice in one process, with the same engine:
 - lossless queues (what a naive pipeline does): every frame waits its turn.
 It prints p50/p99 frame age at publish (capture -> Redis entry), per-camera processed and dropped frames with the
 check decoded == processed + dropped, and the ratio of p99 age to the engine's mean batch latency (goal <= 3).
+The defaults (8 cameras, one batch per round of them) offer about 200 frames/s, more than the default engine takes
+on 2 cores (about 140-150 frames/s).
 """
 from __future__ import annotations
 
@@ -56,10 +58,10 @@ def run(policy: str, videos: list[Path], detector, client, seconds: float, max_b
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--fps", type=float, default=25.0)
-    parser.add_argument("--max-batch", type=int, default=4)
+    parser.add_argument("--max-batch", type=int, default=8)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     detector = create_detector("auto", score_threshold=0.5)
