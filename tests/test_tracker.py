@@ -85,10 +85,10 @@ def test_rescue_buffer_keeps_the_id_of_an_object_that_stopped_while_unseen() -> 
 
 
 def _stop_while_unseen(tracker: ByteTracker, neighbour: bool = False) -> tuple[int, int, list[int], list[int]]:
-    """A fast person (150 px/s; long enough for the adaptive thresholds to settle) stops while missed for two frames and reappears off its predicted box, confidently
-    detected (above the instant-confirmation score) in two more frames; with ``neighbour``, a second person walks
-    alongside, 10 px behind and 30 px lower, always detected: where the first one reappears, next to the neighbour's
-    predicted box. Returns the person's id before, its ids in the two frames after, and the ids the neighbour had."""
+    """A fast person (150 px/s; for 24 frames, so that the adaptive thresholds settle) stops while missed for two
+    frames and reappears off its predicted box, confidently detected (above the instant-confirmation score) in two
+    more frames; with ``neighbour``, a second person walks alongside, 10 px behind and 30 px lower, always detected:
+    where the first one reappears, next to the neighbour's predicted box. Returns the person's id before, its ids in the two frames after, and the ids the neighbour had."""
     tid, after, other = 0, [], []
 
     def frame(f: int, person: list[float] | None) -> None:
