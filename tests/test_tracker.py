@@ -113,21 +113,21 @@ def _stop_while_unseen(tracker: ByteTracker, neighbour: bool = False) -> tuple[i
 
 
 def test_a_fragment_next_to_a_lost_track_takes_back_its_id() -> None:
-    """Re-identification by motion: the reappearing person's detection lies in the lost track's widened box, so it
-    is held one frame (not confirmed at once) and then continues the lost track's id, with no new track started;
-    without it (``reid_buffer=0``) it is a new identity at once."""
-    tracker = ByteTracker(frame_rate=FPS)
+    """Re-identification by motion (``reid_buffer``): the reappearing person's detection lies in the lost track's
+    widened box, so it is held one frame (not confirmed at once) and then continues the lost track's id, with no new
+    track started; without it (the default) it is a new identity at once."""
+    tracker = ByteTracker(frame_rate=FPS, reid_buffer=2.5)
     tid, first, later, _ = _stop_while_unseen(tracker)
     assert tid > 0 and first == -1 and later == [tid]
     assert tracker.started == [] and tracker.ended == [] and tracker.active_tracks == 1
-    tid, first, later, _ = _stop_while_unseen(ByteTracker(frame_rate=FPS, reid_buffer=0.0))
+    tid, first, later, _ = _stop_while_unseen(ByteTracker(frame_rate=FPS))
     assert tid > 0 and first not in (-1, tid) and later == [first]  # confirmed at once: a new identity
 
 
 def test_re_identification_is_refused_when_a_neighbour_is_in_reach() -> None:
     """In a group the reappearing detection lies in the neighbour's widened box too: it is not given the lost id
     (nor the neighbour's); it becomes a new identity after its second detection, and the neighbour keeps its id."""
-    tid, first, later, other = _stop_while_unseen(ByteTracker(frame_rate=FPS), neighbour=True)
+    tid, first, later, other = _stop_while_unseen(ByteTracker(frame_rate=FPS, reid_buffer=2.5), neighbour=True)
     assert tid > 0 and other[0] > 0 and set(other) == {other[0]}
     assert first == -1 and later[0] not in (-1, tid, other[0])
 
