@@ -84,6 +84,54 @@ def test_rescue_buffer_keeps_the_id_of_an_object_that_stopped_while_unseen() -> 
     assert tid > 0 and back == tid
 
 
+def _stop_while_unseen(tracker: ByteTracker, neighbour: bool = False) -> tuple[int, int, list[int], list[int]]:
+    """A fast person (150 px/s; for 24 frames, so that the adaptive thresholds settle) stops while missed for two
+    frames and reappears off its predicted box, confidently detected (above the instant-confirmation score) in two
+    more frames; with ``neighbour``, a second person walks alongside, 10 px behind and 30 px lower, always detected:
+    where the first one reappears, next to the neighbour's predicted box. Returns the person's id before, its ids in the two frames after, and the ids the neighbour had."""
+    tid, after, other = 0, [], []
+
+    def frame(f: int, person: list[float] | None) -> None:
+        nonlocal tid
+        items = ([(person, 0.9 if f < 24 else 0.99, PERSON)] if person else [])
+        items += [(box(40 + 6 * f, 130), 0.9, PERSON)] if neighbour else []
+        ids = step(tracker, *items, t=f / FPS)
+        if neighbour:
+            other.append(int(ids[-1]))
+        if person and f < 24:
+            tid = int(ids[0])
+        elif person:
+            after.append(int(ids[0]))
+
+    for f in range(24):
+        frame(f, box(50 + 6 * f, 100))
+    for f in (24, 25):
+        frame(f, None)
+    for f in (26, 27):
+        frame(f, box(50 + 6 * 23, 100))
+    return tid, after[0], after[1:], other
+
+
+def test_a_fragment_next_to_a_lost_track_takes_back_its_id() -> None:
+    """Re-identification by motion (``reid_buffer``): the reappearing person's detection lies in the lost track's
+    widened box, so it is held one frame (not confirmed at once) and then continues the lost track's id, with no new
+    track started; without it (the default) it is a new identity at once."""
+    tracker = ByteTracker(frame_rate=FPS, reid_buffer=2.5)
+    tid, first, later, _ = _stop_while_unseen(tracker)
+    assert tid > 0 and first == -1 and later == [tid]
+    assert tracker.started == [] and tracker.ended == [] and tracker.active_tracks == 1
+    tid, first, later, _ = _stop_while_unseen(ByteTracker(frame_rate=FPS))
+    assert tid > 0 and first not in (-1, tid) and later == [first]  # confirmed at once: a new identity
+
+
+def test_re_identification_is_refused_when_a_neighbour_is_in_reach() -> None:
+    """In a group the reappearing detection lies in the neighbour's widened box too: it is not given the lost id
+    (nor the neighbour's); it becomes a new identity after its second detection, and the neighbour keeps its id."""
+    tid, first, later, other = _stop_while_unseen(ByteTracker(frame_rate=FPS, reid_buffer=2.5), neighbour=True)
+    assert tid > 0 and other[0] > 0 and set(other) == {other[0]}
+    assert first == -1 and later[0] not in (-1, tid, other[0])
+
+
 def test_object_missing_beyond_the_buffer_gets_a_new_id() -> None:
     tracker = ByteTracker(frame_rate=FPS, track_buffer_s=1.0)
     for f in range(10):
