@@ -57,3 +57,41 @@ def test_stream_end_never_overtakes_its_frames() -> None:
     items = _collect(outbox)
     assert isinstance(items[0], Batch) and [f.index for f in items[0].frames] == [0, 1, 2]
     assert items[1] == StreamEnd("a")
+
+
+def test_tracker_stage_uses_low_scores_for_identity_but_publishes_and_announces_only_confident_boxes() -> None:
+    from engines.base import Detections
+    from pipeline.frame import BatchResult, FrameResult
+    from pipeline.tracker.stage import TrackerStage, engine_score_threshold
+
+    assert engine_score_threshold(0.5) == 0.1 and engine_score_threshold(0.05) == 0.05
+    inbox: Channel[object] = Channel("in", 100)
+    outbox: Channel[object] = Channel("out", 100)
+    events: list[dict[str, str]] = []
+    stage = TrackerStage(inbox, outbox, RunContext(), ("__background__", "person"), events.append,
+                         publish_threshold=0.5)
+    stage.start()
+    # A person walks right, scored 0.9 except while half hidden (0.3 for 3 frames); a false positive scores 0.3 in
+    # the same place frame after frame (a weak track of its own, never published).
+    published: list[tuple[list[float], list[int]]] = []
+    for i in range(12):
+        x = 100.0 + 4 * i
+        person = 0.3 if 5 <= i < 8 else 0.9
+        det = Detections(np.array([[x, 50, x + 30, 130], [400, 200, 440, 240]], np.float32),
+                         np.array([person, 0.3], np.float32), np.array([1, 1], np.int64))
+        inbox.put(BatchResult([FrameResult(_frame("cam", i), det)]))
+        out = outbox.get(timeout=30)
+        assert isinstance(out, BatchResult)
+        result = out.results[0]
+        published.append((result.detections.scores.tolist(), result.track_ids.tolist()))
+    inbox.put(StreamEnd("cam"))
+    assert isinstance(outbox.get(timeout=30), StreamEnd)
+    inbox.put(END)
+    stage.join(5)
+    assert all(s >= 0.5 for scores, _ in published for s in scores)  # nothing under the threshold is published
+    assert [len(scores) for scores, _ in published[5:8]] == [0, 0, 0]  # the hidden frames publish no box
+    ids = {i for _, track_ids in published for i in track_ids if i > 0}
+    assert len(ids) == 1  # the low-score frames kept the person's track: the same id after them
+    started = [e for e in events if e["type"] == "track_started"]
+    ended = [e for e in events if e["type"] == "track_ended"]
+    assert [int(e["track_id"]) for e in started] == list(ids) == [int(e["track_id"]) for e in ended]

@@ -284,14 +284,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     resume_after = _resume_points(config, bus) if args.resume else {}
     from pipeline.cli.progress import file_progress, wants_progress
     from pipeline.runner import Pipeline  # imports torch: only the run command needs it
+    from pipeline.tracker.stage import engine_score_threshold
     from pipeline.api.server import ApiServer, ServerError
 
     detector = None
     server: ApiServer | None = None
     try:
         e = config.engine
-        detector = create_detector(e.backend, e.arch, e.weights, e.score_threshold, e.threads, e.device,
-                                   e.frame_size, max_batch=config.batching.max_batch, precision=e.precision)
+        # the tracker gets low-score detections too; only those >= engine.score_threshold are published
+        detector = create_detector(e.backend, e.arch, e.weights, engine_score_threshold(e.score_threshold), e.threads,
+                                   e.device, e.frame_size, max_batch=config.batching.max_batch, precision=e.precision)
         pipeline = Pipeline(config, detector, bus.client, until_sources_end=not args.keep_running,
                             annotated_dir=args.save_annotated, redis_where=bus.display_url, resume_after=resume_after)
         if config.server.enabled:

@@ -22,6 +22,7 @@ from pipeline.config import CameraConfig, PipelineConfig
 from pipeline.events.bus import last_published_frame
 from pipeline.events.contract import owner_key
 from pipeline.runner import Pipeline, source_spec
+from pipeline.tracker.stage import engine_score_threshold
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,9 @@ class ClusterWorker:
         self.prefix = config.redis.prefix
         self.client = redis_client(config)
         e = config.engine
-        self.detector = detector or create_detector(e.backend, e.arch, e.weights, e.score_threshold, e.threads,
-                                                    e.device, e.frame_size, max_batch=config.batching.max_batch)
+        self.detector = detector or create_detector(
+            e.backend, e.arch, e.weights, engine_score_threshold(e.score_threshold), e.threads, e.device, e.frame_size,
+            max_batch=config.batching.max_batch)
         self._epochs: dict[str, int] = {}
         self._lock = threading.Lock()
         self.pipeline = Pipeline(self.config, self.detector, self.client, until_sources_end=False, fence=self._fence,

@@ -2,18 +2,37 @@
 
 `ByteTracker` (pipeline/tracker/bytetrack.py) predicts by each frame's pts, so dropped frames do not break identities.
 A detection not (yet) assigned to a confirmed track is published with `track_id` null.
+
+The engine hands the tracker detections down to the tracker's low threshold (:func:`engine_score_threshold`), so
+that ByteTrack's low-score association keeps an occluded object's track; only those at or above
+`engine.score_threshold` (``publish_threshold``) go on to analytics and Redis. A track's `track_started` event waits
+for its first published box, and a track never published ends without a `track_ended` event: the events name only
+tracks a subscriber has seen.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
+from engines.base import Detections
+
 from pipeline.tracker.bytetrack import ByteTracker, TrackEnd, TrackStart
 from pipeline.events.contract import track_ended_event, track_started_event
 from pipeline.frame import BatchResult, StreamEnd
 from pipeline.stage import Channel, RunContext, Stage
 
-__all__ = ["ByteTracker", "TrackerStage"]
+__all__ = ["ByteTracker", "TrackerStage", "engine_score_threshold"]
+
+#: The lowest score the tracker takes detections from (ByteTracker's default ``low_thresh``).
+TRACKER_LOW_SCORE = 0.1
+
+
+def engine_score_threshold(publish_threshold: float) -> float:
+    """The score threshold to build the pipeline's engine with: low enough for the tracker's low-score association,
+    never above what is published."""
+    return min(publish_threshold, TRACKER_LOW_SCORE)
 
 
 class TrackerStage(Stage):
@@ -25,12 +44,17 @@ class TrackerStage(Stage):
         label_names: Sequence[str],
         publish_event: Callable[[dict[str, str]], None] | None = None,
         frame_rate: float = 25.0,
+        publish_threshold: float = 0.0,
     ) -> None:
         super().__init__("tracker", inbox, outbox, ctx)
         self.label_names = label_names
         self.publish_event = publish_event
         self.frame_rate = frame_rate
+        self.publish_threshold = publish_threshold
         self._trackers: dict[str, ByteTracker] = {}
+        # per camera: confirmed tracks not yet seen in a published box (their start event waits), and those announced
+        self._pending: dict[str, dict[int, TrackStart]] = {}
+        self._announced: dict[str, set[int]] = {}
 
     def process(self, item: object) -> None:
         assert isinstance(item, BatchResult)
@@ -39,24 +63,46 @@ class TrackerStage(Stage):
             tracker = self._trackers.get(camera)
             if tracker is None:
                 tracker = self._trackers[camera] = ByteTracker(frame_rate=self.frame_rate)
+                self._pending[camera], self._announced[camera] = {}, set()
             det = result.detections
-            result.track_ids = tracker.update(det.boxes, det.scores, det.labels, timestamp=result.frame.pts)
-            self._publish(camera, tracker.started, tracker.ended)
+            ids = tracker.update(det.boxes, det.scores, det.labels, timestamp=result.frame.pts)
+            published = det.scores >= self.publish_threshold
+            if not published.all():  # low-score detections served the association only
+                result.detections = Detections(det.boxes[published], det.scores[published], det.labels[published])
+                ids = ids[published]
+            result.track_ids = ids
+            self._publish(camera, tracker.started, tracker.ended, ids)
         self.emit(item)
 
     def on_stream_end(self, marker: StreamEnd) -> None:
         tracker = self._trackers.pop(marker.stream, None)
         if tracker is not None:
-            self._publish(marker.stream, [], tracker.finish())
+            self._publish(marker.stream, [], tracker.finish(), np.zeros(0, np.int64))
+            self._pending.pop(marker.stream, None)
+            self._announced.pop(marker.stream, None)
         self.emit(marker)
 
-    def _publish(self, camera: str, started: Sequence[TrackStart], ended: Sequence[TrackEnd]) -> None:
-        if self.publish_event is None or not (started or ended):
+    def _publish(
+        self, camera: str, started: Sequence[TrackStart], ended: Sequence[TrackEnd], published_ids: np.ndarray,
+    ) -> None:
+        pending, announced = self._pending[camera], self._announced[camera]
+        for track in started:
+            pending[track.track_id] = track
+        starts = [pending.pop(int(i)) for i in published_ids if int(i) in pending]
+        for track in starts:
+            announced.add(track.track_id)
+        ends = []
+        for track in ended:
+            pending.pop(track.track_id, None)  # never published: no events at all
+            if track.track_id in announced:
+                announced.discard(track.track_id)
+                ends.append(track)
+        if self.publish_event is None or not (starts or ends):
             return
         now = time.time()
-        for track in started:
+        for track in starts:
             self.publish_event(track_started_event(camera, track, self._label(track.label), now))
-        for track in ended:
+        for track in ends:
             self.publish_event(track_ended_event(camera, track, self._label(track.label), now))
 
     def _label(self, label: int) -> str:
