@@ -42,22 +42,12 @@ from pipeline.cluster.session import ClusterSession  # noqa: E402
 from pipeline.config import CameraConfig, PipelineConfig, load_config  # noqa: E402
 from pipeline.events.contract import detections_key  # noqa: E402
 from pipeline.runner import Pipeline  # noqa: E402
+from tests.waiting import wait_for  # noqa: E402
 
 
 def config_for(url: str, prefix: str, **cluster: object) -> PipelineConfig:
     return load_config(data={"redis": {"url": url, "prefix": prefix}, "engine": {"threads": 1},
                              "batching": {"max_batch": 2}, "cluster": cluster})
-
-
-def wait_for(condition, timeout: float, what: str, poll: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(poll)
 
 
 def ready_workers(session: ClusterSession) -> int:
