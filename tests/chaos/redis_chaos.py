@@ -8,7 +8,9 @@ optionally once a restart that comes back EMPTY (its AOF deleted). Then SIGTERM,
 - every entry the publisher acknowledged is in Redis exactly once (entries in Redis == delivered_entries), each
   camera's frames strictly increasing (no duplicate, no reordering), ids increasing;
 - every camera frame is accounted for: decoded == published + dropped, drops with their reasons;
-- an empty restart is detected and logged ("went backwards"), never silently mixed.
+- an empty restart is detected and logged ("went backwards"), never silently mixed. An entry Redis wrote but
+  had not acknowledged when it was killed (in flight) is sent again to the empty server: it is in both, counted
+  once, and must lie after the id the publisher logs as acknowledged.
 
     python -m tests.chaos.redis_chaos --kills 50 --hangs 10 --empty --max-down 10 --cameras 3
 """
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -37,6 +40,21 @@ from tests.rtsp import RtspServer, make_camera_file
 def _id(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq)
+
+
+_RESENT_FIELDS = ("publish_ts", "latency_ms")  # set again at each attempt to send an entry
+_BACKWARDS = re.compile(r"Redis stream (\S+) went backwards .* it had acknowledged (\d+-\d+):")
+
+
+def resent_in_flight(old: list[tuple[str, dict[str, str]]], new: list[tuple[str, dict[str, str]]]) -> int:
+    """How many of the last entries of `old` (a server killed, then restarted empty) open `new` again: entries it
+    wrote but had not acknowledged when it died, which the publisher therefore sent again."""
+    def content(fields: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in fields.items() if k not in _RESENT_FIELDS}
+    for n in range(min(len(old), len(new)), 0, -1):
+        if all(content(a[1]) == content(b[1]) for a, b in zip(old[-n:], new[:n])):
+            return n
+    return 0
 
 
 def check_streams(client: redis.Redis, prefix: str, cameras: list[str]) -> dict[str, object]:
@@ -117,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         pub = report["publisher"]
         found = check_streams(client, "chaos", names)
         in_redis = int(found["entries"]) + int(found["events"])  # type: ignore[call-overload]
-        lost = mixed = 0
+        lost = mixed = in_flight = 0
         if args.empty:  # the data the empty restart lost, from the copy of its AOF: older than all that follows
             with RedisProcess(work / "lost", binary) as old:
                 before = redis.Redis(port=old.port, decode_responses=True)
@@ -125,9 +143,17 @@ def main(argv: list[str] | None = None) -> int:
                 lost = int(lost_found["entries"]) + int(lost_found["events"])  # type: ignore[call-overload]
                 found["duplicates"] += lost_found["duplicates"]  # type: ignore[operator]
                 found["reordered"] += lost_found["reordered"]  # type: ignore[operator]
+                acked = {key: _id(i) for key, i in _BACKWARDS.findall(stderr)}
                 for key in [detections_key("chaos", n) for n in names] + [events_key("chaos")]:
-                    last_old, first_new = before.xrevrange(key, count=1), client.xrange(key, count=1)
-                    if last_old and first_new and _id(first_new[0][0]) <= _id(last_old[0][0]):
+                    old, new = before.xrange(key), client.xrange(key)
+                    resent = resent_in_flight(old, new)
+                    if resent:  # never acknowledged, so not lost: counted where they are now
+                        lost -= resent
+                        in_flight += resent
+                        if key in acked and _id(old[-resent][0]) <= acked[key]:
+                            mixed += 1  # the publisher had it acknowledged, yet sent it again
+                    kept_old, fresh = old[:len(old) - resent], new[resent:]
+                    if kept_old and fresh and _id(fresh[0][0]) <= _id(kept_old[-1][0]):
                         mixed += 1
                 before.close()
         accounted = all(s["decoded"] == s["published"] + s["dropped"] for s in report["streams"].values())
@@ -140,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             "delivered": pub["delivered_entries"], "in_redis": in_redis, "duplicates": found["duplicates"],
             "reordered": found["reordered"], "frames_accounted": accounted,
             "frame_drops": dict(reasons), "publisher_drops": pub.get("dropped_by_reason", {}),
-            "backwards_logged": stderr.count("went backwards"), "lost_in_empty_restart": lost, "mixed": mixed,
+            "backwards_logged": stderr.count("went backwards"), "lost_in_empty_restart": lost,
+            "resent_in_flight": in_flight, "mixed": mixed,
             "decoded": sum(s["decoded"] for s in report["streams"].values()),
         }
         # Exactly once: what Redis holds now plus what the empty restart lost is exactly what it acknowledged.
