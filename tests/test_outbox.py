@@ -175,6 +175,29 @@ def test_a_stream_ahead_of_our_ids_gets_the_next_ones(server: RedisProcess, capl
     outbox.close(1)
 
 
+def test_a_server_restarted_empty_between_two_writes_is_reported(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """No write fails when Redis restarts between two of them (redis-py reconnects by itself), so nothing looked like an
+    outage and the lost data went unreported. The check now follows every new connection."""
+    caplog.set_level(logging.INFO, logger="pipeline.events.outbox")
+    with RedisProcess(tmp_path / "redis", persist=False) as server:
+        outbox, seen = make_outbox(server.url)
+        for i in range(5):
+            outbox.put("s:a", fields(i), tag=i)
+        assert outbox.wait_idle(10)
+        server.kill()
+        server.start()  # no persistence: back without its data, before the next write
+        for i in range(5, 8):
+            outbox.put("s:a", fields(i), tag=i)
+        assert outbox.wait_idle(10)
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        assert numbers(client, "s:a") == [5, 6, 7]  # the new entries only, after the old ids
+        assert seen["delivered"] == list(range(8)) and outbox.went_backwards == 1
+        lost = [r.getMessage() for r in caplog.records if "went backwards" in r.getMessage()]
+        assert len(lost) == 1 and "s:a" in lost[0] and "the stream is gone" in lost[0]
+        outbox.close(1)
+
+
 def test_entries_redis_rejects_are_dropped_and_counted(server: RedisProcess) -> None:
     server.start()
     client = redis.Redis.from_url(server.url, decode_responses=True)

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
+from redis.connection import AbstractConnection
 
 from pipeline.events.contract import parse_stream_id
 
@@ -180,6 +181,10 @@ class Outbox:
         self.confirmed_on_resend = 0  # entries a re-sent chunk found already written (not duplicated)
         self._acked: dict[str, str] = {}  # per stream, the newest id Redis acknowledged
         self.went_backwards = 0  # streams Redis came back without (restarted empty): acknowledged entries lost there
+        # redis-py's pool silently replaces a connection the server closed, so a server restarted between two writes
+        # looks like no outage at all. Its connect hook tells us of every new connection: Redis may have restarted.
+        self._reconnected = False
+        client.connection_pool.connection_kwargs["redis_connect_func"] = self._on_connect
         self._connected = False
         self._outage: _Outage | None = None
         self._closing = False
@@ -366,6 +371,7 @@ class Outbox:
                 self._inflight = self._take_chunk()
             chunk = list(self._inflight)
         try:
+            self._check_if_reconnected()
             results = self._send(chunk)
         except _CONNECTION_ERRORS as exc:
             self._went_down(exc)  # the chunk stays in flight: re-sent with the same ids
@@ -499,9 +505,22 @@ class Outbox:
             self._report_back()
         return True
 
+    def _on_connect(self, connection: AbstractConnection) -> None:
+        """redis-py's connect hook (`redis_connect_func`) on this outbox's client: the usual handshake, noted."""
+        connection.on_connect()
+        self._reconnected = True
+
+    def _check_if_reconnected(self) -> None:
+        """Before a chunk: had the pool to reconnect since the last check, does Redis still hold what it acknowledged?"""
+        pool = self.client.connection_pool
+        pool.release(pool.get_connection())  # a connection the server closed is replaced here, not inside the send
+        if self._reconnected:
+            self._reconnected = False
+            self._check_kept()
+
     def _check_kept(self) -> None:
-        """After an outage: does Redis still hold what it acknowledged? A server restarted without its data (no
-        persistence, a lost volume) comes back with streams missing or shorter: say so loudly, once per stream.
+        """After an outage or a reconnect: does Redis still hold what it acknowledged? A server restarted without its
+        data (no persistence, a lost volume) comes back with streams missing or shorter: say so loudly, once per stream.
         The entries that follow keep increasing ids, so old and new never interleave; the gap is logged and counted
         (`went_backwards`), not silently mixed."""
         for key, acked in list(self._acked.items()):
@@ -557,7 +576,8 @@ class Outbox:
         """PING Redis. A failure starts (or continues) an outage; True when Redis answered."""
         try:
             self.client.ping()
-            if self._outage is not None:
+            if self._outage is not None or self._reconnected:
+                self._reconnected = False
                 self._check_kept()
         except (redis.RedisError, OSError) as exc:
             self._went_down(exc)
