@@ -65,7 +65,10 @@ class TrackerStage(Stage):
                 tracker = self._trackers[camera] = ByteTracker(frame_rate=self.frame_rate)
                 self._pending[camera], self._announced[camera] = {}, set()
             det = result.detections
-            ids = tracker.update(det.boxes, det.scores, det.labels, timestamp=result.frame.pts)
+            frame = result.frame
+            # detections are in source pixels (Frame.to_source), so the border is the source frame's
+            size = (frame.width, frame.height) if frame.width > 0 and frame.height > 0 else None
+            ids = tracker.update(det.boxes, det.scores, det.labels, timestamp=frame.pts, frame_size=size)
             published = det.scores >= self.publish_threshold
             if not published.all():  # low-score detections served the association only
                 result.detections = Detections(det.boxes[published], det.scores[published], det.labels[published])
