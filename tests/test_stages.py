@@ -100,17 +100,17 @@ def test_tracker_stage_uses_low_scores_for_identity_but_publishes_and_announces_
 def test_tracker_stage_gives_the_tracker_the_frame_size_so_no_id_passes_across_the_border() -> None:
     """A person walks out at the right edge of 640x360 frames (boxes clipped to the frame, as the detector does), and
     two frames later another enters there, inside the departed track's widened predicted box: the stage passes the
-    source frame's size, so the tracker's border guard refuses to re-identify the newcomer as the departed person
-    (without it, one id would cover both): two tracks, two track_started events."""
+    source frame's size, so the border guard of the tracker's re-identification (on here) refuses to re-identify the
+    newcomer as the departed person (without it, one id would cover both): two tracks, two track_started events."""
     from engines.base import Detections
     from pipeline.frame import BatchResult, FrameResult
-    from pipeline.tracker.stage import TrackerStage
+    from pipeline.tracker.stage import ByteTracker, TrackerStage
 
     inbox: Channel[object] = Channel("in", 100)
     outbox: Channel[object] = Channel("out", 100)
     events: list[dict[str, str]] = []
     stage = TrackerStage(inbox, outbox, RunContext(), ("__background__", "person"), events.append,
-                         publish_threshold=0.5)
+                         publish_threshold=0.5, new_tracker=lambda: ByteTracker(frame_rate=25.0, reid_buffer=2.5))
     stage.start()
     ids: list[int] = []
 

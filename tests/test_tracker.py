@@ -68,10 +68,10 @@ def test_object_missing_for_a_few_frames_gets_its_id_back() -> None:
 
 def test_rescue_buffer_keeps_the_id_of_an_object_that_stopped_while_unseen() -> None:
     """A fast object (150 px/s, 20 px wide) stops while missed for two frames and reappears off its predicted box:
-    without re-identification it starts a new track; with ``rescue_buffer`` the lost track's box, widened by its
-    uncertainty, finds it again at once."""
+    by default it starts a new track; with ``rescue_buffer`` the lost track's box, widened by its uncertainty,
+    finds it again."""
     def run(**kw: float) -> tuple[int, int]:
-        tracker = ByteTracker(frame_rate=FPS, reid_buffer=0.0, **kw)
+        tracker = ByteTracker(frame_rate=FPS, **kw)
         tid = 0
         for f in range(12):
             tid = int(step(tracker, (box(50 + 6 * f, 100), 0.9, PERSON), t=f / FPS)[0])
@@ -115,24 +115,25 @@ def _stop_while_unseen(tracker: ByteTracker, neighbour: bool = False,
 
 
 def test_a_fragment_next_to_a_lost_track_takes_back_its_id() -> None:
-    """Re-identification by motion (``reid_buffer``, default): the reappearing person's detection lies in the lost
-    track's widened box, so it is held one frame (not confirmed at once) and then continues the lost track's id, with
-    no new track started -- also with the frame size known (the border guard: the person was mid-frame, behind an
-    occluder); without re-identification it is a new identity at once."""
+    """Re-identification by motion (``reid_buffer``): the reappearing person's detection lies in the lost track's
+    widened box, so it is held one frame (not confirmed at once) and then continues the lost track's id, with no new
+    track started -- also with the frame size known (the border guard: the person was mid-frame, behind an
+    occluder); without it (the default) it is a new identity at once."""
     for size in (None, (640, 360)):
-        tracker = ByteTracker(frame_rate=FPS)
+        tracker = ByteTracker(frame_rate=FPS, reid_buffer=2.5)
         tid, first, later, _ = _stop_while_unseen(tracker, size=size)
         assert tid > 0 and first == -1 and later == [tid], size
         assert tracker.started == [] and tracker.ended == [] and tracker.active_tracks == 1
-    tid, first, later, _ = _stop_while_unseen(ByteTracker(frame_rate=FPS, reid_buffer=0.0))
+    tid, first, later, _ = _stop_while_unseen(ByteTracker(frame_rate=FPS))
     assert tid > 0 and first not in (-1, tid) and later == [first]  # confirmed at once: a new identity
 
 
 def _leave_and_enter(size: tuple[int, int] | None) -> tuple[list[int], list[int]]:
     """A person walks out of a 640x360 frame at its right edge (150 px/s; the detector clips boxes to the frame and
     stops seeing the person once less than 80 % of its width is in view); two frames later another person enters at
-    the same edge, walking left, inside the departed track's widened predicted box. Returns both persons' ids."""
-    tracker = ByteTracker(frame_rate=FPS)
+    the same edge, walking left, inside the departed track's widened predicted box (re-identification on). Returns
+    both persons' ids."""
+    tracker = ByteTracker(frame_rate=FPS, reid_buffer=2.5)
     clip = lambda b: list(np.clip(b, 0, [640, 360, 640, 360]))  # noqa: E731
     out, enter, f = [], [], 0
     while (b := clip(box(500 + 6 * f, 100)))[2] - b[0] >= 16:
@@ -159,7 +160,7 @@ def test_an_object_leaving_at_the_border_does_not_hand_its_id_to_one_entering_th
 def test_re_identification_is_refused_when_a_neighbour_is_in_reach() -> None:
     """In a group the reappearing detection lies in the neighbour's widened box too: it is not given the lost id
     (nor the neighbour's); it becomes a new identity after its second detection, and the neighbour keeps its id."""
-    tid, first, later, other = _stop_while_unseen(ByteTracker(frame_rate=FPS), neighbour=True)
+    tid, first, later, other = _stop_while_unseen(ByteTracker(frame_rate=FPS, reid_buffer=2.5), neighbour=True)
     assert tid > 0 and other[0] > 0 and set(other) == {other[0]}
     assert first == -1 and later[0] not in (-1, tid, other[0])
 
