@@ -35,7 +35,7 @@ def time_ours(frames: list, fps: float = 25.0, **params: object) -> np.ndarray:
     tracker, times = ByteTracker(frame_rate=fps, **params), []
     for t, (boxes, scores, labels) in enumerate(frames):
         started = time.perf_counter()
-        tracker.update(boxes, scores, labels, timestamp=t / fps)
+        tracker.update(boxes, scores, labels, timestamp=t / fps, frame_size=(1280, 1280))
         times.append(time.perf_counter() - started)
     return np.array(times[10:]) * 1000
 

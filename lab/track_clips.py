@@ -34,6 +34,7 @@ class Clip:
     gt_labels: np.ndarray  # int64 [G]
     gt_ignored: np.ndarray  # bool [G]
     times: np.ndarray | None = None  # float64 [frames]: timestamp (s) of each frame; None: index / fps
+    frame_size: tuple[int, int] | None = None  # (width, height) the boxes' coordinates are in; None: unknown
 
     def time(self, t: int) -> float:
         return float(self.times[t]) if self.times is not None else t / self.fps
@@ -46,7 +47,7 @@ class Clip:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {k: v for k, v in asdict(self).items() if isinstance(v, np.ndarray)}
         meta = np.array(json.dumps({"name": self.name, "fps": self.fps, "frames": self.frames,
-                                    "crowded": self.crowded}))
+                                    "crowded": self.crowded, "frame_size": self.frame_size}))
         tmp = path.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, meta=meta, **arrays)
         tmp.replace(path)
@@ -55,4 +56,6 @@ class Clip:
     def load(path: Path) -> Clip:
         with np.load(path) as z:
             meta = json.loads(str(z["meta"]))
+            size = meta.pop("frame_size", None)  # absent in clips cached before it was recorded
+            meta["frame_size"] = None if size is None else (int(size[0]), int(size[1]))
             return Clip(**meta, **{k: z[k] for k in z.files if k != "meta"})

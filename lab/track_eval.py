@@ -109,6 +109,7 @@ def build_clips(
         path = cache / f"{digest}-{name}-{width}x{height}-{frames}f-thr{score_threshold:g}.npz"
         if path.is_file():
             clips.append(Clip.load(path))
+            clips[-1].frame_size = (width, height)  # the detector's boxes are in the rendered frame's pixels
             continue
         if detector is None:
             from engines import create_detector
@@ -142,7 +143,7 @@ def build_clips(
             gt_ids=np.array([o.track_id for _, o in gts], np.int64),
             gt_boxes=np.array([o.box for _, o in gts], np.float64).reshape(-1, 4),
             gt_labels=np.array([o.label for _, o in gts], np.int64),
-            gt_ignored=np.array([o.ignored for _, o in gts], bool),
+            gt_ignored=np.array([o.ignored for _, o in gts], bool), frame_size=(width, height),
         )
         clip.save(path)
         log.info("%s: %d frames detected in %.1f s (%d detections) -> %s", name, frames,
@@ -160,9 +161,11 @@ def build_clips(
 TrackFn = Callable[[np.ndarray, np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def make_tracker(name: str, fps: float, params: dict[str, Any] | None = None) -> TrackFn:
+def make_tracker(name: str, fps: float, params: dict[str, Any] | None = None,
+                 frame_size: tuple[int, int] | None = None) -> TrackFn:
     """A fresh tracker for one clip: ``ours``, ``ours-agnostic`` (class_aware=False), ``bytetrack``, ``ocsort``
-    (the `trackers` package's, default settings) and ``bytetrack-tuned``, ``ocsort-tuned`` (:data:`TUNED_PARAMS`)."""
+    (the `trackers` package's, default settings) and ``bytetrack-tuned``, ``ocsort-tuned`` (:data:`TUNED_PARAMS`).
+    ``frame_size`` (width, height) of the clip's frames goes to ours (the peers take none)."""
     params = {**TUNED_PARAMS.get(name, {}), **(params or {})}
     name = name.removesuffix("-tuned")
     if name in ("ours", "ours-agnostic"):
@@ -172,7 +175,7 @@ def make_tracker(name: str, fps: float, params: dict[str, Any] | None = None) ->
 
         def run_ours(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                      ts: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            ids = ours.update(boxes, scores, labels, timestamp=ts)
+            ids = ours.update(boxes, scores, labels, timestamp=ts, frame_size=frame_size)
             keep = ids > 0
             return boxes[keep], labels[keep], ids[keep]
 
@@ -246,7 +249,7 @@ def run_condition(
     clip: Clip, tracker: str, stride: int, params: dict[str, Any] | None = None, class_aware_eval: bool = True,
 ) -> tuple[SequenceData, float]:
     """Track one clip keeping every `stride`-th frame; returns the scoring data and tracker seconds per frame."""
-    track = make_tracker(tracker, clip.fps, params)
+    track = make_tracker(tracker, clip.fps, params, clip.frame_size)
     seq = SequenceData()
     gt_id_map: dict[int, int] = {}
     trk_id_map: dict[int, int] = {}

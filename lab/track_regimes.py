@@ -359,6 +359,6 @@ def simulate(regime: Regime, *, seconds: float | None = None, seeds: Sequence[in
             det_frame=remap[det_frame[d]], det_boxes=det_boxes[d].astype(np.float32),
             det_scores=det_scores[d].astype(np.float32), det_labels=det_labels[d],
             gt_frame=remap[truth.frame[g]], gt_ids=truth.ids[g], gt_boxes=truth.boxes[g], gt_labels=truth.labels[g],
-            gt_ignored=truth.visibility[g] < IGNORE_VISIBILITY,
+            gt_ignored=truth.visibility[g] < IGNORE_VISIBILITY, frame_size=(truth.width, truth.height),
         ))
     return out

@@ -95,3 +95,45 @@ def test_tracker_stage_uses_low_scores_for_identity_but_publishes_and_announces_
     started = [e for e in events if e["type"] == "track_started"]
     ended = [e for e in events if e["type"] == "track_ended"]
     assert [int(e["track_id"]) for e in started] == list(ids) == [int(e["track_id"]) for e in ended]
+
+
+def test_tracker_stage_gives_the_tracker_the_frame_size_so_no_id_passes_across_the_border() -> None:
+    """A person walks out at the right edge of 640x360 frames (boxes clipped to the frame, as the detector does), and
+    two frames later another enters there, inside the departed track's widened predicted box: the stage passes the
+    source frame's size, so the border guard of the tracker's re-identification (on here) refuses to re-identify the
+    newcomer as the departed person (without it, one id would cover both): two tracks, two track_started events."""
+    from engines.base import Detections
+    from pipeline.frame import BatchResult, FrameResult
+    from pipeline.tracker.stage import ByteTracker, TrackerStage
+
+    inbox: Channel[object] = Channel("in", 100)
+    outbox: Channel[object] = Channel("out", 100)
+    events: list[dict[str, str]] = []
+    stage = TrackerStage(inbox, outbox, RunContext(), ("__background__", "person"), events.append,
+                         publish_threshold=0.5, new_tracker=lambda: ByteTracker(frame_rate=25.0, reid_buffer=2.5))
+    stage.start()
+    ids: list[int] = []
+
+    def send(i: int, cx: float | None) -> None:
+        boxes = np.zeros((0, 4), np.float32)
+        if cx is not None:
+            boxes = np.clip(np.array([[cx - 10, 75, cx + 10, 125]], np.float32), 0, [640, 360, 640, 360])
+        frame = Frame("cam", i, i / 25, time.time(), None, width=640, height=360)
+        det = Detections(boxes, np.full(len(boxes), 0.9, np.float32), np.ones(len(boxes), np.int64))
+        inbox.put(BatchResult([FrameResult(frame, det)]))
+        out = outbox.get(timeout=30)
+        assert isinstance(out, BatchResult)
+        ids.extend(int(t) for t in out.results[0].track_ids if t > 0)
+
+    for i in range(23):  # out of view from frame 23 on (less than 16 of its 20 px inside)
+        send(i, 500.0 + 6 * i)
+    for i in (23, 24):
+        send(i, None)
+    for k in range(6):
+        send(25 + k, 634.1 - 3 * k)
+    inbox.put(StreamEnd("cam"))
+    assert isinstance(outbox.get(timeout=30), StreamEnd)
+    inbox.put(END)
+    stage.join(5)
+    started = [int(e["track_id"]) for e in events if e["type"] == "track_started"]
+    assert len(set(ids)) == 2 and started == list(dict.fromkeys(ids))

@@ -25,8 +25,9 @@ def dets(*items: tuple[list[float], float, int]) -> tuple[np.ndarray, np.ndarray
     return np.array(b, np.float32), np.array(s, np.float32), np.array(lab, np.int64)
 
 
-def step(tracker: ByteTracker, *items: tuple[list[float], float, int], t: float | None = None) -> np.ndarray:
-    ids = tracker.update(*dets(*items), timestamp=t)
+def step(tracker: ByteTracker, *items: tuple[list[float], float, int], t: float | None = None,
+         size: tuple[int, int] | None = None) -> np.ndarray:
+    ids = tracker.update(*dets(*items), timestamp=t, frame_size=size)
     assert ids.dtype == np.int64 and ids.shape == (len(items),)
     return ids
 
@@ -84,7 +85,8 @@ def test_rescue_buffer_keeps_the_id_of_an_object_that_stopped_while_unseen() -> 
     assert tid > 0 and back == tid
 
 
-def _stop_while_unseen(tracker: ByteTracker, neighbour: bool = False) -> tuple[int, int, list[int], list[int]]:
+def _stop_while_unseen(tracker: ByteTracker, neighbour: bool = False,
+                       size: tuple[int, int] | None = None) -> tuple[int, int, list[int], list[int]]:
     """A fast person (150 px/s; for 24 frames, so that the adaptive thresholds settle) stops while missed for two
     frames and reappears off its predicted box, confidently detected (above the instant-confirmation score) in two
     more frames; with ``neighbour``, a second person walks alongside, 10 px behind and 30 px lower, always detected:
@@ -95,7 +97,7 @@ def _stop_while_unseen(tracker: ByteTracker, neighbour: bool = False) -> tuple[i
         nonlocal tid
         items = ([(person, 0.9 if f < 24 else 0.99, PERSON)] if person else [])
         items += [(box(40 + 6 * f, 130), 0.9, PERSON)] if neighbour else []
-        ids = step(tracker, *items, t=f / FPS)
+        ids = step(tracker, *items, t=f / FPS, size=size)
         if neighbour:
             other.append(int(ids[-1]))
         if person and f < 24:
@@ -115,13 +117,44 @@ def _stop_while_unseen(tracker: ByteTracker, neighbour: bool = False) -> tuple[i
 def test_a_fragment_next_to_a_lost_track_takes_back_its_id() -> None:
     """Re-identification by motion (``reid_buffer``): the reappearing person's detection lies in the lost track's
     widened box, so it is held one frame (not confirmed at once) and then continues the lost track's id, with no new
-    track started; without it (the default) it is a new identity at once."""
-    tracker = ByteTracker(frame_rate=FPS, reid_buffer=2.5)
-    tid, first, later, _ = _stop_while_unseen(tracker)
-    assert tid > 0 and first == -1 and later == [tid]
-    assert tracker.started == [] and tracker.ended == [] and tracker.active_tracks == 1
+    track started -- also with the frame size known (the border guard: the person was mid-frame, behind an
+    occluder); without it (the default) it is a new identity at once."""
+    for size in (None, (640, 360)):
+        tracker = ByteTracker(frame_rate=FPS, reid_buffer=2.5)
+        tid, first, later, _ = _stop_while_unseen(tracker, size=size)
+        assert tid > 0 and first == -1 and later == [tid], size
+        assert tracker.started == [] and tracker.ended == [] and tracker.active_tracks == 1
     tid, first, later, _ = _stop_while_unseen(ByteTracker(frame_rate=FPS))
     assert tid > 0 and first not in (-1, tid) and later == [first]  # confirmed at once: a new identity
+
+
+def _leave_and_enter(size: tuple[int, int] | None) -> tuple[list[int], list[int]]:
+    """A person walks out of a 640x360 frame at its right edge (150 px/s; the detector clips boxes to the frame and
+    stops seeing the person once less than 80 % of its width is in view); two frames later another person enters at
+    the same edge, walking left, inside the departed track's widened predicted box (re-identification on). Returns
+    both persons' ids."""
+    tracker = ByteTracker(frame_rate=FPS, reid_buffer=2.5)
+    clip = lambda b: list(np.clip(b, 0, [640, 360, 640, 360]))  # noqa: E731
+    out, enter, f = [], [], 0
+    while (b := clip(box(500 + 6 * f, 100)))[2] - b[0] >= 16:
+        out.append(int(step(tracker, (b, 0.9, PERSON), t=f / FPS, size=size)[0]))
+        f += 1
+    for k in range(6):
+        enter.append(int(step(tracker, (clip(box(634.1 - 3 * k, 100)), 0.9, PERSON), t=(f + 2 + k) / FPS,
+                              size=size)[0]))
+    return out, enter
+
+
+def test_an_object_leaving_at_the_border_does_not_hand_its_id_to_one_entering_there() -> None:
+    """The border guard of re-identification (``reid_border``): the departed person's last box touched the image
+    border, so the person entering there is a new identity. Without the frame size (no guard) the newcomer lies in
+    the lost track's widened box and nobody else's, and takes its id -- the mix-up the guard exists for."""
+    out, enter = _leave_and_enter((640, 360))
+    tid = out[0]
+    assert tid > 0 and set(out) == {tid}
+    assert enter[0] == -1 and enter[1] > 0 and enter[1] != tid and set(enter[1:]) == {enter[1]}
+    out, enter = _leave_and_enter(None)
+    assert set(out) == {out[0]} and set(enter[1:]) == {out[0]}
 
 
 def test_re_identification_is_refused_when_a_neighbour_is_in_reach() -> None:

@@ -67,6 +67,18 @@ def test_simulated_detector_applies_its_noise_model() -> None:
     assert kept[0] == 0 and set(np.diff(kept)) <= {3, 6, 9, 12, 15} and len(kept) < 40
 
 
+def test_clips_carry_the_frame_size_the_tracker_needs(tmp_path) -> None:  # noqa: ANN001
+    """Ours gets each sequence's frame size (its re-identification's border guard): the regime's, kept through the
+    clip cache."""
+    from lab.track_clips import Clip
+
+    clip = regime_clips(_short("s", "tune", Detector(), width=480, height=270), seconds=1.0)[0]
+    assert clip.frame_size == (480, 270)
+    assert (clip.det_boxes[:, 2] <= 480).all() and (clip.det_boxes[:, 3] <= 270).all()
+    clip.save(tmp_path / "c.npz")
+    assert Clip.load(tmp_path / "c.npz").frame_size == (480, 270)
+
+
 def test_reduced_matrix_scores_ours_and_a_peer() -> None:
     pytest.importorskip("trackers")
     regimes = [_short("t", "tune", Detector()), _short("h", "held-out", Detector(score=0.45, fp_score=0.2))]

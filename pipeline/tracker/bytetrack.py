@@ -48,16 +48,18 @@ Per update (one frame of one stream):
    is dropped at its first miss. A confirmed track that is not matched becomes lost, and is
    removed ``track_buffer_s`` seconds after its last detection.
 8. Optional re-identification by motion (``reid_buffer`` > 0; off by default, 2.5 is what was measured): a new
-   tentative track whose first detection lies in the predicted box, widened by ``reid_buffer`` position stds, of a
-   confirmed track left unmatched in that update and last seen at most ``reid_lost_s`` ago is never confirmed at
-   once. If that box is the only confirmed track's widened box it overlaps, the tentative track is its heir: when
-   the tentative is confirmed (by its next detection) and the lost track has still not been found again, it
-   continues the lost track under its id -- no new identity, no :class:`TrackStart` -- instead of fragmenting it
-   (an object that turned or was missed for a few frames, or whose low-score detection missed the strict low-score
-   gate). Unlike an instant rescue (``rescue_buffer``), the tentative must be continued by a second detection
-   first, and a neighbour's gate in reach makes it ambiguous. It cuts ID switches a lot and gains on every tuning
-   regime, but on held-out regimes it gave the id of an object that left the view to a new object entering at the
-   same image edge, losing IDF1 (docs/tracking.md), so it is not the default.
+   tentative track whose first detection lies in the predicted box, widened by ``reid_buffer`` position stds, of a confirmed track left
+   unmatched in that update and last seen at most ``reid_lost_s`` ago is never confirmed at once. If that box is
+   the only confirmed track's widened box it overlaps, the tentative track is its heir: when the tentative is
+   confirmed (by its next detection) and the lost track has still not been found again, it continues the lost track
+   under its id -- no new identity, no :class:`TrackStart` -- instead of fragmenting it (an object that turned or
+   was missed for a few frames, or whose low-score detection missed the strict low-score gate). Unlike an instant
+   rescue (``rescue_buffer``), the tentative must be continued by a second detection first, and a neighbour's gate
+   in reach makes it ambiguous. A lost track whose last box lay within ``reid_border`` pixels of the image border
+   (``update``'s ``frame_size``) is never re-identified: that object most likely left the view, and a new object
+   entering at the same edge is someone else (without the guard, the held-out regimes of issue 14's fourth attempt
+   lost IDF1 that way). It cuts ID switches and gains on every tuning regime, but in its held-out runs (issue 14's
+   fourth and fifth attempts, docs/tracking.md) more regimes fell behind the best peer, so it is not the default.
 
 With ``class_aware`` (default) a detection is never matched to a track of another label.
 
@@ -229,6 +231,11 @@ class ByteTracker:
         reid_buffer: re-identification by motion (step 8 of the module docstring): gate of a lost track's predicted
             box, widened by this many position stds (IoU >= ``1 - match_thresh``); 0 (default): off.
         reid_lost_s: only tracks last detected at most this many seconds ago are re-identified.
+        reid_border: a lost track whose last box lay within this many pixels of the image border (of the frame size
+            passed to ``update``) is never re-identified: the object most likely left the view, and a new object
+            entering there is someone else. Without a frame size there is no such guard. Pixels, not a fraction of
+            the frame: a box that reaches the border is clipped to it by the detector at any frame size (2, 8 and 16
+            px, and 0.5-2 % of the width, measured alike on the tuning regimes; 2 px was best).
         clutter_thresh: while more tentative tracks than this are dropped unconfirmed per update (:meth:`clutter`,
             a running mean: detections that do not repeat in place), weak tentative tracks and tentative tracks that
             missed the previous update take detections only through the plain ``weak_match_thresh`` gate, not
@@ -266,6 +273,7 @@ class ByteTracker:
         clutter_thresh: float = 1.5,
         reid_buffer: float = 0.0,
         reid_lost_s: float = 0.5,
+        reid_border: float = 2.0,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
@@ -281,6 +289,8 @@ class ByteTracker:
             raise ValueError(f"track_buffer_s must be >= 0, got {track_buffer_s}")
         if reid_buffer < 0:
             raise ValueError(f"reid_buffer must be >= 0, got {reid_buffer}")
+        if reid_border < 0:
+            raise ValueError(f"reid_border must be >= 0, got {reid_border}")
         self.frame_rate = float(frame_rate)
         self.high_thresh = float(high_thresh)
         self.low_thresh = float(low_thresh)
@@ -308,6 +318,7 @@ class ByteTracker:
         self.clutter_thresh = float(clutter_thresh)
         self.reid_buffer = float(reid_buffer)
         self.reid_lost_s = float(reid_lost_s)
+        self.reid_border = float(reid_border)
         # Running score histograms (exponentially forgotten): scores of detections on established tracks (true
         # objects, mostly) and of detections left on no track (false positives, mostly). The adaptive thresholds
         # split them where the fewest detections fall on the wrong side.
@@ -357,12 +368,15 @@ class ByteTracker:
         scores: np.ndarray,
         labels: np.ndarray,
         timestamp: float | None = None,
+        frame_size: tuple[int, int] | None = None,
     ) -> np.ndarray:
         """Track one frame's detections.
 
         ``boxes`` float [N, 4] x1 y1 x2 y2, ``scores`` [N], ``labels`` int [N]; ``timestamp`` in seconds (the frame's
-        pts), None for 1 / frame_rate after the previous update. Returns int64 [N]: the track id of each detection,
-        -1 where it is not on a confirmed track. Ids are positive and never reused.
+        pts), None for 1 / frame_rate after the previous update; ``frame_size`` (width, height) of the frame the
+        boxes' coordinates are in, None if unknown (then re-identification has no border guard, ``reid_border``).
+        Returns int64 [N]: the track id of each detection, -1 where it is not on a confirmed track. Ids are positive
+        and never reused.
         """
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(scores, np.float64).reshape(-1)
@@ -370,6 +384,8 @@ class ByteTracker:
         n = len(boxes)
         if len(scores) != n or len(labels) != n:
             raise ValueError(f"{n} boxes, {len(scores)} scores, {len(labels)} labels")
+        if frame_size is not None and not (frame_size[0] > 0 and frame_size[1] > 0):
+            raise ValueError(f"frame_size must be a positive (width, height), got {frame_size}")
         now = self._clock(timestamp)
         dt = 0.0 if self._time is None else max(0.0, now - self._time)
         first_update = self._updates == 0
@@ -446,7 +462,7 @@ class ByteTracker:
         heir = np.zeros(len(new), np.int64)
         near = np.zeros(len(new), bool)
         if self.reid_buffer > 0 and len(new):
-            heir, near = self._heirs(boxes[new], labels[new], now, matched)
+            heir, near = self._heirs(boxes[new], labels[new], now, matched, frame_size)
 
         # Kalman update and bookkeeping of matched tracks
         hit = np.flatnonzero(det_track >= 0)
@@ -625,11 +641,11 @@ class ByteTracker:
         self._mean[rows] = m
         self._cov[rows] = p
 
-    def _heirs(self, boxes: np.ndarray, labels: np.ndarray, now: float,
-               matched: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _heirs(self, boxes: np.ndarray, labels: np.ndarray, now: float, matched: np.ndarray,
+               frame_size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
         """For new detections: the id of the one recently lost track whose predicted box, widened by ``reid_buffer``
-        position stds, overlaps it while no other confirmed track's widened box does (0: none or ambiguous), and
-        whether any recently lost track's widened box overlaps it."""
+        position stds, overlaps it while no other confirmed track's widened box does (0: none, ambiguous, or that
+        track's last box touched the image border), and whether any recently lost track's widened box overlaps it."""
         rows = np.flatnonzero(self._state != _TENTATIVE)
         heir = np.zeros(len(boxes), np.int64)
         if not len(rows):
@@ -640,7 +656,15 @@ class ByteTracker:
         lost = ~matched[rows] & (now - self._last_time[rows] <= self.reid_lost_s)
         near = (hit & lost[:, None]).any(axis=0)
         one = (hit.sum(axis=0) == 1) & near
-        heir[one] = self._id[rows[np.argmax(hit[:, one], axis=0)]]
+        src = rows[np.argmax(hit[:, one], axis=0)]
+        if frame_size is not None:
+            # an object last seen at the image border most likely left the view: a new object entering there (in
+            # its widened box) is not re-identified as it; the birth still waits for its second detection
+            b, m = self._last_box[src], self.reid_border
+            inside = (b[:, 0] > m) & (b[:, 1] > m) & (b[:, 2] < frame_size[0] - m) & (b[:, 3] < frame_size[1] - m)
+            one[np.flatnonzero(one)[~inside]] = False
+            src = src[inside]
+        heir[one] = self._id[src]
         return heir, near
 
     def _spawn(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, now: float,

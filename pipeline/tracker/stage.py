@@ -45,12 +45,16 @@ class TrackerStage(Stage):
         publish_event: Callable[[dict[str, str]], None] | None = None,
         frame_rate: float = 25.0,
         publish_threshold: float = 0.0,
+        new_tracker: Callable[[], ByteTracker] | None = None,
     ) -> None:
+        """``new_tracker`` builds each camera's tracker (default: ``ByteTracker(frame_rate=frame_rate)`` with its
+        defaults), e.g. to turn on an option such as re-identification (``reid_buffer``)."""
         super().__init__("tracker", inbox, outbox, ctx)
         self.label_names = label_names
         self.publish_event = publish_event
         self.frame_rate = frame_rate
         self.publish_threshold = publish_threshold
+        self.new_tracker = new_tracker or (lambda: ByteTracker(frame_rate=self.frame_rate))
         self._trackers: dict[str, ByteTracker] = {}
         # per camera: confirmed tracks not yet seen in a published box (their start event waits), and those announced
         self._pending: dict[str, dict[int, TrackStart]] = {}
@@ -62,10 +66,13 @@ class TrackerStage(Stage):
             camera = result.frame.stream
             tracker = self._trackers.get(camera)
             if tracker is None:
-                tracker = self._trackers[camera] = ByteTracker(frame_rate=self.frame_rate)
+                tracker = self._trackers[camera] = self.new_tracker()
                 self._pending[camera], self._announced[camera] = {}, set()
             det = result.detections
-            ids = tracker.update(det.boxes, det.scores, det.labels, timestamp=result.frame.pts)
+            frame = result.frame
+            # detections are in source pixels (Frame.to_source), so the border is the source frame's
+            size = (frame.width, frame.height) if frame.width > 0 and frame.height > 0 else None
+            ids = tracker.update(det.boxes, det.scores, det.labels, timestamp=frame.pts, frame_size=size)
             published = det.scores >= self.publish_threshold
             if not published.all():  # low-score detections served the association only
                 result.detections = Detections(det.boxes[published], det.scores[published], det.labels[published])
