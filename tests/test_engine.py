@@ -137,3 +137,25 @@ def test_inference_settings_find_the_objects_the_trained_model_finds() -> None:
         assert (a["scores"][keep_a][best.indices] - b["scores"][keep_b]).abs().max() < 0.05
         matched += int(keep_b.sum())
     assert matched >= 12
+
+
+def test_nms_by_run_keeps_what_torchvision_batched_nms_keeps() -> None:
+    """Proposal selection's NMS (one per image and level, on slices) against torchvision's, on overlapping boxes in
+    groups of different sizes, one of them empty after filtering and one alone."""
+    from torchvision.ops import batched_nms
+
+    from engines.split import nms_by_run
+
+    g = torch.Generator().manual_seed(0)
+    sizes = [300, 1, 0, 250, 180]
+    groups = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    centres = torch.rand(groups.shape[0], 2, generator=g) * 200
+    boxes = torch.cat([centres, centres + 20 + torch.rand(groups.shape[0], 2, generator=g) * 40], 1)
+    scores = torch.rand(groups.shape[0], generator=g)
+    kept = nms_by_run(boxes, scores, groups, 0.7)
+    assert 0 < kept.numel() < boxes.shape[0]  # boxes overlap across groups too: a single NMS would keep fewer
+    assert torch.equal(kept, batched_nms(boxes, scores, groups, 0.7))
+    one = groups == 0
+    assert torch.equal(nms_by_run(boxes[one], scores[one], groups[one], 0.7), batched_nms(boxes[one], scores[one],
+                                                                                           groups[one], 0.7))
+    assert nms_by_run(boxes[:0], scores[:0], groups[:0], 0.7).numel() == 0
