@@ -4,8 +4,8 @@
     python benchmarks/engine_profile.py [--frames 48] [--repeats 3] [--threads 2] [--seed 1100] [--crowd 20]
 
 Parts: preprocess (pixels into the input batch; plus the resize for frames the decoder did not scale), dense
-(normalisation, backbone, RPN head graph), proposals, roi_heads (RoIAlign + box head graph, one run per batch),
-postprocess. Also the dense graph alone on the same batches, and the ratio engine fps / dense-alone fps (the share of
+(normalisation, backbone, RPN head graph), proposals, roi_heads (RoIAlign, box head, softmax and box decoding graph,
+one run per batch), postprocess. Also the dense graph alone on the same batches, and the ratio engine fps / dense-alone fps (the share of
 the time the network itself takes); and both graphs alone (dense + RoI heads on the same RoIs, no glue), the bound
 for that ratio; and the RoIs per frame that reach the second stage. The decoder-scaled rows repeat at batch 4 on a
 crowded scene (--crowd objects in view). Each figure in wall-clock ms per frame and in CPU ms per frame (process CPU time,

@@ -3,8 +3,9 @@
 - `dense.onnx`: images [batch, H, W, 3] (RGB pixels 0..255, normalised in the graph; static H x W, dynamic batch)
   -> per feature level: feature map, RPN objectness, RPN box deltas.
 - `roi_heads.onnx`: the feature levels RoIAlign pools from ([batch, C, h, w] each, as dense.onnx gives them) and
-  rois [rois, 5] (image index in the batch, x1, y1, x2, y2; dynamic rois) -> class logits, box deltas: RoIAlign and
-  the box head over every RoI of a batch in one run.
+  rois [rois, 5] (image index in the batch, x1, y1, x2, y2; dynamic rois) -> class scores [rois, K] and decoded
+  boxes [rois, K, 4] (as offsets from the RoI's corners): RoIAlign, the box head and the decoding of its outputs over
+  every RoI of a batch in one run.
 - `manifest.json`: what the runtime needs to use them (arch, labels, input size, hashes).
 """
 from __future__ import annotations
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 DENSE_FILE, ROI_HEADS_FILE, MANIFEST_FILE = "dense.onnx", "roi_heads.onnx", "manifest.json"
+#: roi_heads.onnx's outputs (exports before this version gave class logits and box deltas: exported again).
+ROI_HEADS_OUTPUTS = ["scores", "box_offsets"]
 
 
 @dataclass(frozen=True)
@@ -94,13 +97,13 @@ def export_onnx(
         rois = torch.tensor([[0, 0, 0, width, height], [1, 8, 8, 40, 64], [1, 100, 50, 100, 50],
                              [0, 2, 3, 17, 11]], dtype=torch.float32)
         roi_axes = {name: {0: "batch"} for name in level_names}
-        roi_axes.update({"rois": {0: "rois"}, "class_logits": {0: "rois"}, "box_deltas": {0: "rois"}})
+        roi_axes.update({"rois": {0: "rois"}, **{name: {0: "rois"} for name in ROI_HEADS_OUTPUTS}})
         with warnings.catch_warnings():
             # roi_align's input checks and the level mapper's eps trace as constants: right for a static input size.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 RoIHeadsStage(model, (height, width)).eval(), (*pooled, rois), str(out / ROI_HEADS_FILE),
-                input_names=[*level_names, "rois"], output_names=["class_logits", "box_deltas"], dynamic_axes=roi_axes,
+                input_names=[*level_names, "rois"], output_names=ROI_HEADS_OUTPUTS, dynamic_axes=roi_axes,
                 opset_version=OPSET, do_constant_folding=True, dynamo=False,
             )
     # The FPN's upsampling leaves feature sizes symbolic in the traced graph; with a static image size they are
@@ -115,6 +118,7 @@ def export_onnx(
         "frame_size": list(frame_size),
         "feature_names": names,
         "roi_shape": list(roi_shape),
+        "roi_heads_outputs": ROI_HEADS_OUTPUTS,
         "opset": OPSET,
         "weights_sha256": file_sha256(weights) if weights else None,
         "dense_sha256": file_sha256(out / DENSE_FILE),
@@ -135,6 +139,10 @@ def load_exported(directory: str | Path) -> ExportedModel:
     if manifest.get("input_layout") != INPUT_LAYOUT:
         raise EngineError(f"{directory} holds an export from an older version (its dense graph takes normalised "
                           f"NCHW images, this version feeds {INPUT_LAYOUT}): export the model again")
+    if manifest.get("roi_heads_outputs") != ROI_HEADS_OUTPUTS:
+        raise EngineError(f"{directory} holds an export from an older version (its RoI heads graph gives class logits "
+                          f"and box deltas, this version takes {' and '.join(ROI_HEADS_OUTPUTS)}): export the model "
+                          f"again")
     exported = ExportedModel(directory, manifest)
     for path in (exported.dense_path, exported.roi_heads_path):
         if not path.is_file():

@@ -78,18 +78,25 @@ class BoxHeadStage(nn.Module):
 
 
 class RoIHeadsStage(nn.Module):
-    """RoIAlign and the box head in one graph: (pooled feature levels..., rois [R, 5]) -> (class logits, box deltas).
+    """RoIAlign, the box head and its outputs' decoding in one graph: (pooled feature levels..., rois [R, 5]) ->
+    (class scores [R, K], box corner offsets [R, K, 4]).
 
     Each row of `rois` is (index of the image in the batch, x1, y1, x2, y2) in input pixels, as torchvision's
     roi_align takes them: all RoIs of a batch in one call. RoIAlign is torchvision's MultiScaleRoIAlign with the
     scales and FPN level mapper it infers for the static input size; it exports as ONNX RoiAlign (opset 16+:
     `output_half_pixel`, i.e. aligned=False), and with several levels as torchvision's own ONNX level merge.
+    The class scores are the softmax of the predictor's logits. The boxes are its per-class deltas applied to the RoI
+    (torchvision's BoxCoder), as offsets in input pixels from the RoI's own corners: `rois[:, None, 1:] + offsets`
+    are the boxes RoIHeads.postprocess_detections starts from. Offsets are small numbers, so they keep their
+    precision where TensorRT computes in FP16 (absolute coordinates of a 1333-pixel input would be off by up to 0.5).
     """
 
     def __init__(self, model: FasterRCNN, input_size: tuple[int, int]) -> None:
         super().__init__()
         pool = model.roi_heads.box_roi_pool
         self.box_head = BoxHeadStage(model)
+        self.box_coder = model.roi_heads.box_coder
+        self.num_classes = int(model.roi_heads.box_predictor.cls_score.out_features)  # a static dim of the outputs
         self.output_size = tuple(pool.output_size)
         self.sampling_ratio = int(pool.sampling_ratio)
         height, width = input_size
@@ -112,7 +119,9 @@ class RoIHeadsStage(nn.Module):
                           self.sampling_ratio)
                 for level, (feature, scale) in enumerate(zip(levels, self.scales))
             ])
-        return self.box_head(pooled)
+        class_logits, box_deltas = self.box_head(pooled)
+        boxes = self.box_coder.decode_single(box_deltas, rois[:, 1:]).reshape(-1, self.num_classes, 4)
+        return nn.functional.softmax(class_logits, -1), boxes - rois[:, None, 1:]
 
 
 def pooled_levels(model: FasterRCNN) -> list[int]:
@@ -267,31 +276,37 @@ class SplitDetector(Detector):
         levels, objectness, deltas = outputs[:n], outputs[n : 2 * n], outputs[2 * n : 3 * n]
         boxes = self._proposals(batch, sizes, levels, objectness, deltas)
         t = self._mark("proposals", t)
-        # The eval branch of RoIHeads.forward, RoIAlign and the box head in the backend: one run for the whole batch.
+        return self._detect_in_proposals(levels, boxes, sizes, images, t)
+
+    def _detect_in_proposals(
+        self, levels: list[Tensor], boxes: list[Tensor], sizes: list[tuple[int, int]], images: Sequence[np.ndarray],
+        started: tuple[float, float] = (0.0, 0.0),
+    ) -> list[Detections]:
+        """The eval branch of RoIHeads.forward for a batch's proposals (one list of boxes per image): the RoI heads
+        graph in the backend, one run for the whole batch, then post-processing."""
         rois = rois_of(boxes)
         if not rois.shape[0]:  # nothing proposed in the whole batch (and no graph runs below one RoI)
             return [Detections.empty() for _ in images]
-        class_logits, box_regression = self.run_roi_heads(*(levels[i] for i in self.pooled_levels), rois)
-        t = self._mark("roi_heads", t)
-        results = self._postprocess(class_logits, box_regression, boxes, rois[:, 0].long(), sizes, images)
+        scores, offsets = self.run_roi_heads(*(levels[i] for i in self.pooled_levels), rois)
+        t = self._mark("roi_heads", started)
+        results = self._postprocess(scores, rois[:, None, 1:] + offsets, rois[:, 0].long(), sizes, images)
         self._mark("postprocess", t)
         return results
 
     def _postprocess(
-        self, class_logits: Tensor, box_regression: Tensor, boxes: list[Tensor], image_of: Tensor,
-        sizes: list[tuple[int, int]], images: Sequence[np.ndarray],
+        self, scores: Tensor, pred_boxes: Tensor, image_of: Tensor, sizes: list[tuple[int, int]],
+        images: Sequence[np.ndarray],
     ) -> list[Detections]:
         """torchvision's RoIHeads.postprocess_detections for the whole batch at once, then our score threshold.
 
-        Per image torchvision clips, drops background, scores <= score_thresh and tiny boxes, runs class-wise NMS and
-        keeps the best detections_per_img. Here one NMS runs over the batch (grouped by image and class: boxes of
-        different groups never suppress each other), and boxes under our `score_threshold` are dropped before it: a
-        box can only suppress lower-scoring ones, which the threshold drops anyway, so the result is the same.
+        `scores` [R, K] and `pred_boxes` [R, K, 4] are the RoI heads graph's, decoded (RoIHeadsStage). Per image
+        torchvision clips, drops background, scores <= score_thresh and tiny boxes, runs class-wise NMS and keeps the
+        best detections_per_img. Here one NMS runs over the batch (grouped by image and class: boxes of different
+        groups never suppress each other), and boxes under our `score_threshold` are dropped before it: a box can
+        only suppress lower-scoring ones, which the threshold drops anyway, so the result is the same.
         """
         roi_heads = self.model.roi_heads
-        num_classes = class_logits.shape[-1]
-        pred_boxes = roi_heads.box_coder.decode(box_regression, boxes)  # [R, K, 4]
-        scores = nn.functional.softmax(class_logits, -1)
+        num_classes = scores.shape[-1]
         pred_boxes = clip_to_images(pred_boxes, sizes, image_of)
         labels = torch.arange(num_classes).view(1, -1).expand_as(scores)
         image_of = image_of.view(-1, 1).expand_as(scores)

@@ -244,8 +244,9 @@ def test_roi_heads_graph_matches_torchvision_multiscale_roi_align_and_box_head(
     case: Case, held_out: list[np.ndarray]
 ) -> None:
     """The exported RoIAlign + box head over a whole batch against the eager reference: torchvision's own
-    MultiScaleRoIAlign on each image's proposals, then the box head. Real proposals of held-out frames, plus boxes
-    RoIAlign treats specially: degenerate (zero width/height), partly and wholly outside the picture."""
+    MultiScaleRoIAlign on each image's proposals, then the box head, its softmax and its BoxCoder's decoding (boxes
+    as offsets from the RoI's corners). Real proposals of held-out frames, plus boxes RoIAlign treats specially:
+    degenerate (zero width/height), partly and wholly outside the picture."""
     model = case.loaded.model.eval()
     detector = create_onnxruntime_detector(case.loaded, case.exported)
     batch, sizes = detector.preprocess(held_out)
@@ -264,7 +265,9 @@ def test_roi_heads_graph_matches_torchvision_multiscale_roi_align_and_box_head(
     features = {name: outputs[i] for i, name in enumerate(detector.feature_names)}
     with torch.no_grad():
         pooled = model.roi_heads.box_roi_pool(features, boxes, sizes)
-        want = [t.numpy() for t in BoxHeadStage(model).eval()(pooled)]
+        class_logits, box_regression = BoxHeadStage(model).eval()(pooled)
+        decoded = model.roi_heads.box_coder.decode(box_regression, boxes)  # [R, K, 4], as RoIHeads decodes them
+        want = [torch.softmax(class_logits, -1).numpy(), (decoded - torch.cat(boxes)[:, None, :]).numpy()]
     assert got[0].shape[0] == sum(len(b) for b in boxes)
     for output, g, w in zip(roi_heads.get_outputs(), got, want):
         _assert_close_to_scale(g, w, 1e-4, f"{case.loaded.arch} roi heads {output.name}")
@@ -281,9 +284,7 @@ def test_a_frame_without_proposals_leaves_the_others_of_its_batch_as_they_are(
     out = detector.run_dense(batch)
     boxes = detector._proposals(batch, sizes, out[:1], out[1:2], out[2:3])
     boxes[1] = boxes[1][:0]
-    rois = rois_of(boxes)
-    logits, deltas = detector.run_roi_heads(out[0], rois)
-    got = detector._postprocess(logits, deltas, boxes, rois[:, 0].long(), sizes, held_out[:2])
+    got = detector._detect_in_proposals(out[:1], boxes, sizes, held_out[:2])
     assert len(alone[0]) > 0 and len(got[1]) == 0
     _assert_same_detections(got[:1], alone, "first frame of a batch whose second proposes nothing")
     rpn = lite.loaded.model.rpn
@@ -292,6 +293,27 @@ def test_a_frame_without_proposals_leaves_the_others_of_its_batch_as_they_are(
         assert [len(d) for d in detector.detect(held_out)] == [0, 0, 0]
     finally:
         rpn.score_thresh = threshold
+
+
+def test_an_export_from_an_older_version_is_refused_and_the_cache_makes_it_again(lite: Case, tmp_path: Path) -> None:
+    """roi_heads.onnx used to give class logits and box deltas: an export dir from then cannot run with this glue.
+    Loading it names the dir and says what to do; the runtime's cache exports again instead of failing."""
+    import json
+    import shutil
+
+    from engines.export import MANIFEST_FILE, cached_export, load_exported
+
+    weights = tmp_path / "lite.pt"  # the cache is keyed by the weights file's hash
+    weights.write_bytes(b"the weights of this test")
+    fresh = cached_export(lite.loaded, weights, (640, 360), tmp_path / "cache")
+    old = json.loads((fresh.directory / MANIFEST_FILE).read_text())
+    del old["roi_heads_outputs"]  # what a manifest of the older version holds
+    (fresh.directory / MANIFEST_FILE).write_text(json.dumps(old))
+    with pytest.raises(EngineError, match=f"{fresh.directory}.*older version.*export the model again"):
+        load_exported(fresh.directory)
+    again = cached_export(lite.loaded, weights, (640, 360), tmp_path / "cache")
+    assert again.directory == fresh.directory and again.manifest["roi_heads_outputs"] == ["scores", "box_offsets"]
+    shutil.rmtree(tmp_path / "cache")
 
 
 # --- TensorRT ---------------------------------------------------------------------------------------------------------
