@@ -57,6 +57,8 @@ class _RegionConfig(_Strict):
     labels: list[str] | None = Field(None, description="Only objects of these labels (default: all).")
     min_size: float = Field(0.0, ge=0, description="Smallest object counted: sqrt(box width x height), pixels.")
     min_score: float = Field(0.0, ge=0, le=1, description="Lowest detection score counted.")
+    min_frames: int = Field(2, ge=1, le=1000, description="Frames an object's track must have been seen in before it "
+                            "counts: a box seen once (a false or duplicate detection) gives no event.")
     anchor: Literal[ANCHORS] = Field("bottom_center", description="The point of the box that counts.")  # type: ignore[valid-type]
     hysteresis: float = Field(0.25, ge=0, le=2, description="Dead band either side of the line or border, as a "
                               "fraction of the object's box height: jitter on it gives no event.")

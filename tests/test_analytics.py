@@ -175,6 +175,28 @@ def test_jitter_on_a_line_or_border_gives_no_events_and_a_crossing_gives_one() -
                                                 "in_by_label": {}, "out_by_label": {"person": 1}}
 
 
+def test_a_box_seen_in_one_frame_gives_no_event_unless_min_frames_is_1() -> None:
+    """A false or duplicate detection that gets a track id for one frame inside a zone used to give a zone_enter and,
+    1.5 s later, a zone_exit at the same moment. By default (min_frames 2) a track counts from its second frame."""
+    def run(min_frames: int | None) -> list[dict[str, str]]:
+        extra = {} if min_frames is None else {"min_frames": min_frames}
+        config = AnalyticsConfig.model_validate({"zones": [{"name": "z", "points": [[0, 0], [300, 0], [300, 360],
+                                                                                      [0, 360]], **extra}]})
+        analytics = CameraAnalytics("cam", config, LABELS)
+        events = analytics.update(_frame(0, [100, 100, 130, 160], track=7))  # the blip
+        for t in range(1, 80):  # a person walking in from the right, seen in every frame
+            x = 400 - 3 * t
+            events += analytics.update(_frame(t, [x - 12, 140, x + 12, 200], track=8))
+        return [e for e in events if e["type"] in ("zone_enter", "zone_exit")]
+
+    default = run(None)
+    assert [(e["type"], e["track_id"]) for e in default] == [("zone_enter", "8")]
+    enter = default[0]
+    assert float(enter["entered_pts"]) == 34 / 25  # its point crossed x = 300 then (the event waits for the dead band)
+    assert sorted((e["type"], e["track_id"]) for e in run(1)) == [("zone_enter", "7"), ("zone_enter", "8"),
+                                                                 ("zone_exit", "7")]
+
+
 def test_invalid_zones_and_lines_are_refused_with_the_reason() -> None:
     cases = {
         "invalid polygon: Self-intersection": {"zones": [{"name": "z", "points": [[0, 0], [10, 10], [10, 0], [0, 10]]}]},

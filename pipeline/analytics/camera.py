@@ -65,6 +65,7 @@ class CameraAnalytics:
         self._slot: dict[int, int] = {}  # track id -> state row
         self._free = list(range(self._capacity - 1, -1, -1))
         self._track = np.zeros(self._capacity, np.int64)  # row -> track id (0: free)
+        self._sightings = np.zeros(self._capacity, np.int64)  # row -> frames its track has been seen in
         # Last sighting of each row's track, for events after it is gone: pts, capture ts, score, label, box
         self._last_pts = np.full(self._capacity, np.inf)
         self._last = np.zeros((self._capacity, 7))
@@ -103,10 +104,12 @@ class CameraAnalytics:
                 return events
             ids = np.asarray(result.track_ids, np.int64)
             keep = np.flatnonzero(ids > 0)  # objects not (yet) on a confirmed track have no identity to follow
+            rows = self._rows(ids[keep])
+            self._sightings[rows] += 1
             obj = FrameObjects(
-                frame.pts, frame.capture_time, ids[keep], self._rows(ids[keep]),
+                frame.pts, frame.capture_time, ids[keep], rows,
                 np.asarray(det.labels, np.int64)[keep], np.asarray(det.boxes, np.float64)[keep],
-                np.asarray(det.scores, np.float64)[keep],
+                np.asarray(det.scores, np.float64)[keep], self._sightings[rows],
             )
             emit = _Emit(self, obj, events)
             self.zones.update(obj, emit)
@@ -188,6 +191,7 @@ class CameraAnalytics:
         self._capacity = new
         self._free.extend(range(new - 1, old - 1, -1))
         self._track = np.concatenate([self._track, np.zeros(new - old, np.int64)])
+        self._sightings = np.concatenate([self._sightings, np.zeros(new - old, np.int64)])
         self._last_pts = np.concatenate([self._last_pts, np.full(new - old, np.inf)])
         self._last = np.concatenate([self._last, np.zeros((new - old, 7))])
         self.zones.grow(new)
@@ -203,7 +207,7 @@ class CameraAnalytics:
             self.zones.release(row, track_id, emit, reason)
             self.lines.release(row, track_id, emit, reason)
             self._slot.pop(track_id, None)
-            self._track[row], self._last_pts[row] = 0, np.inf
+            self._track[row], self._last_pts[row], self._sightings[row] = 0, np.inf, 0
             self._free.append(row)
 
     def _label_name(self, label: int) -> str:

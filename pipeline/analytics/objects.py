@@ -23,6 +23,7 @@ class FrameObjects:
     labels: np.ndarray  # int64 [N]
     boxes: np.ndarray  # float64 [N, 4]
     scores: np.ndarray  # float64 [N]
+    sightings: np.ndarray  # int64 [N]: frames each track has been seen in, this one included
     _anchors: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
@@ -43,8 +44,8 @@ class FrameObjects:
 
 
 class Selection:
-    """Which objects each of R zones (or lines) counts: label filter, minimum size and score; and the reference
-    points. Built once per configuration."""
+    """Which objects each of R zones (or lines) counts: label filter, minimum size, score and track age in frames;
+    and the reference points. Built once per configuration."""
 
     def __init__(self, configs: Sequence[_RegionConfig], label_names: Sequence[str]) -> None:
         n = len(label_names) + 1  # labels beyond the names never pass a label filter
@@ -54,7 +55,9 @@ class Selection:
                 self.allowed[r] = [i < len(label_names) and label_names[i] in c.labels for i in range(n)]
         self.min_area = np.array([c.min_size ** 2 for c in configs])[:, None]
         self.min_score = np.array([c.min_score for c in configs])[:, None]
-        self.trivial = bool(self.allowed.all() and not self.min_area.any() and not self.min_score.any())
+        self.min_frames = np.array([c.min_frames for c in configs], np.int64)[:, None]
+        self.trivial = bool(self.allowed.all() and not self.min_area.any() and not self.min_score.any()
+                            and not (self.min_frames > 1).any())
         self.hysteresis = np.array([c.hysteresis for c in configs])[:, None]
         self.anchors = [c.anchor for c in configs]
         self.one_anchor = len(set(self.anchors)) <= 1
@@ -70,6 +73,8 @@ class Selection:
             keep &= ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[None, :] >= self.min_area
         if self.min_score.any():
             keep &= obj.scores[None, :] >= self.min_score
+        if (self.min_frames > 1).any():
+            keep &= obj.sightings[None, :] >= self.min_frames
         return keep
 
     def points(self, obj: FrameObjects) -> tuple[np.ndarray, np.ndarray]:
