@@ -57,8 +57,8 @@ class _RegionConfig(_Strict):
     labels: list[str] | None = Field(None, description="Only objects of these labels (default: all).")
     min_size: float = Field(0.0, ge=0, description="Smallest object counted: sqrt(box width x height), pixels.")
     min_score: float = Field(0.0, ge=0, le=1, description="Lowest detection score counted.")
-    min_frames: int = Field(2, ge=1, le=1000, description="Frames an object's track must have been seen in before it "
-                            "counts: a box seen once (a false or duplicate detection) gives no event.")
+    min_frames: int = Field(1, ge=1, le=1000, description="Frames an object's track must have been seen in before it "
+                            "counts.")
     anchor: Literal[ANCHORS] = Field("bottom_center", description="The point of the box that counts.")  # type: ignore[valid-type]
     hysteresis: float = Field(0.25, ge=0, le=2, description="Dead band either side of the line or border, as a "
                               "fraction of the object's box height: jitter on it gives no event.")
@@ -96,6 +96,8 @@ class _RegionConfig(_Strict):
 class ZoneConfig(_RegionConfig):
     """A polygon: zone_enter / zone_exit / zone_dwell / zone_occupancy events and a live occupancy count."""
 
+    min_frames: int = Field(2, ge=1, le=1000, description="Frames an object's track must have been seen in before it "
+                            "counts: a box seen once (a false or duplicate detection) enters no zone.")
     dwell_s: float | None = Field(None, gt=0, description="zone_dwell once an object has been inside this long.")
     max_objects: int | None = Field(None, ge=0, description="Overcrowding: more objects inside than this.")
 
@@ -118,6 +120,9 @@ class LineConfig(_RegionConfig):
     """A segment from points[0] to points[1]: line_cross events and in/out totals. Crossing from the left of
     the direction points[0] -> points[1] (as seen on the image) to its right is `in`, the other way `out`."""
 
+    # 1: a crossing already needs two sightings, one on each side; waiting for a second frame only loses crossings.
+    min_frames: int = Field(1, ge=1, le=1000, description="Frames an object's track must have been seen in before it "
+                            "counts (a crossing already needs two sightings).")
     in_name: str = Field("in", min_length=1, description="What users call the in direction (e.g. northbound).")
     out_name: str = Field("out", min_length=1, description="What users call the out direction.")
 

@@ -177,7 +177,8 @@ def test_jitter_on_a_line_or_border_gives_no_events_and_a_crossing_gives_one() -
 
 def test_a_box_seen_in_one_frame_gives_no_event_unless_min_frames_is_1() -> None:
     """A false or duplicate detection that gets a track id for one frame inside a zone used to give a zone_enter and,
-    1.5 s later, a zone_exit at the same moment. By default (min_frames 2) a track counts from its second frame."""
+    1.5 s later, a zone_exit at the same moment. By default (zones: min_frames 2) a track counts from its second
+    frame."""
     def run(min_frames: int | None) -> list[dict[str, str]]:
         extra = {} if min_frames is None else {"min_frames": min_frames}
         config = AnalyticsConfig.model_validate({"zones": [{"name": "z", "points": [[0, 0], [300, 0], [300, 360],
@@ -195,6 +196,16 @@ def test_a_box_seen_in_one_frame_gives_no_event_unless_min_frames_is_1() -> None
     assert float(enter["entered_pts"]) == 34 / 25  # its point crossed x = 300 then (the event waits for the dead band)
     assert sorted((e["type"], e["track_id"]) for e in run(1)) == [("zone_enter", "7"), ("zone_enter", "8"),
                                                                  ("zone_exit", "7")]
+
+
+def test_a_line_counts_a_track_seen_only_on_either_side_of_it_once() -> None:
+    """Lines count from a track's first frame (min_frames 1): a crossing already needs a sighting on each side, and a
+    fast object may give only those two."""
+    config = AnalyticsConfig.model_validate({"lines": [{"name": "l", "points": [[300, 0], [300, 360]]}]})
+    analytics = CameraAnalytics("cam", config, LABELS)
+    events = analytics.update(_frame(0, [240, 140, 264, 200], track=9))  # left of the line
+    events += analytics.update(_frame(1, [336, 140, 360, 200], track=9))  # right of it, beyond the dead band
+    assert [(e["type"], e["direction"]) for e in events] == [("line_cross", "out")]  # as in the jitter test above
 
 
 def test_invalid_zones_and_lines_are_refused_with_the_reason() -> None:
