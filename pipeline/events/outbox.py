@@ -511,7 +511,8 @@ class Outbox:
         self._reconnected = True
 
     def _check_if_reconnected(self) -> None:
-        """Before a chunk: had the pool to reconnect since the last check, does Redis still hold what it acknowledged?"""
+        """Before a chunk: if the pool had to reconnect since the last check, does Redis still hold what it
+        acknowledged?"""
         pool = self.client.connection_pool
         pool.release(pool.get_connection())  # a connection the server closed is replaced here, not inside the send
         if self._reconnected:

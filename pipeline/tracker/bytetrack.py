@@ -48,12 +48,13 @@ Per update (one frame of one stream):
    is dropped at its first miss. A confirmed track that is not matched becomes lost, and is
    removed ``track_buffer_s`` seconds after its last detection.
 8. Optional re-identification by motion (``reid_buffer`` > 0; off by default, 2.5 is what was measured): a new
-   tentative track whose first detection lies in the predicted box, widened by ``reid_buffer`` position stds, of a confirmed track left
-   unmatched in that update and last seen at most ``reid_lost_s`` ago is never confirmed at once. If that box is
-   the only confirmed track's widened box it overlaps, the tentative track is its heir: when the tentative is
-   confirmed (by its next detection) and the lost track has still not been found again, it continues the lost track
-   under its id -- no new identity, no :class:`TrackStart` -- instead of fragmenting it (an object that turned or
-   was missed for a few frames, or whose low-score detection missed the strict low-score gate). Unlike an instant
+   tentative track whose first detection lies in the predicted box, widened by ``reid_buffer`` position stds, of a
+   confirmed track left unmatched in that update and last seen at most ``reid_lost_s`` ago is never confirmed at
+   once. If that box is the only confirmed track's widened box it overlaps, the tentative track is its heir: when
+   the tentative is confirmed (by its next detection) and the lost track has still not been found again, it
+   continues the lost track under its id -- no new identity, no :class:`TrackStart` -- instead of fragmenting it
+   (an object that turned or was missed for a few frames, or whose low-score detection missed the strict low-score
+   gate). Unlike an instant
    rescue (``rescue_buffer``), the tentative must be continued by a second detection first, and a neighbour's gate
    in reach makes it ambiguous. A lost track whose last box lay within ``reid_border`` pixels of the image border
    (``update``'s ``frame_size``) is never re-identified: that object most likely left the view, and a new object
