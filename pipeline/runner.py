@@ -92,6 +92,14 @@ def source_spec(camera: CameraConfig, config: PipelineConfig, start_after: int |
 
 
 
+def decoder_frame_size(detector: Detector, width: int, height: int) -> tuple[int, int] | None:
+    """The size the decoder scales a `width` x `height` frame to for `detector`: the engine's size when it is smaller.
+    The decoder scales down, never up (a small camera keeps its own pixels for the live view and annotated video; the
+    engine enlarges it as before)."""
+    size = detector.frame_size_for(width, height)
+    return size if size is not None and size[0] <= width and size[1] <= height else None
+
+
 def create_pipeline_detector(config: PipelineConfig) -> Detector:
     """The engine a pipeline runs with `config`: it keeps detections down to the tracker's low threshold, and the
     tracker stage passes on only those at or above `engine.score_threshold`."""
@@ -183,10 +191,7 @@ class Pipeline:
         self._end_if_idle()
 
     def _fit(self, width: int, height: int) -> tuple[int, int] | None:
-        """The engine's size for a source frame when it is smaller: the decoder scales down, never up (a small camera
-        keeps its own pixels for the live view and annotated video; the engine enlarges it as before)."""
-        size = self.detector.frame_size_for(width, height)
-        return size if size is not None and size[0] <= width and size[1] <= height else None
+        return decoder_frame_size(self.detector, width, height)
 
     def add_source(self, camera: CameraConfig, start_after: int | None = None) -> None:
         """Start reading a camera or file; its name must not be in use. RuntimeError once the pipeline is ending.
