@@ -57,8 +57,10 @@ class _RegionConfig(_Strict):
     labels: list[str] | None = Field(None, description="Only objects of these labels (default: all).")
     min_size: float = Field(0.0, ge=0, description="Smallest object counted: sqrt(box width x height), pixels.")
     min_score: float = Field(0.0, ge=0, le=1, description="Lowest detection score counted.")
+    # Lines keep 1: a crossing already needs two sightings, one on each side; waiting for a second frame only loses
+    # crossings. Zones wait for a second frame (ZoneConfig).
     min_frames: int = Field(1, ge=1, le=1000, description="Frames an object's track must have been seen in before it "
-                            "counts.")
+                            "counts (a line crossing already needs two sightings).")
     anchor: Literal[ANCHORS] = Field("bottom_center", description="The point of the box that counts.")  # type: ignore[valid-type]
     hysteresis: float = Field(0.25, ge=0, le=2, description="Dead band either side of the line or border, as a "
                               "fraction of the object's box height: jitter on it gives no event.")
@@ -120,9 +122,6 @@ class LineConfig(_RegionConfig):
     """A segment from points[0] to points[1]: line_cross events and in/out totals. Crossing from the left of
     the direction points[0] -> points[1] (as seen on the image) to its right is `in`, the other way `out`."""
 
-    # 1: a crossing already needs two sightings, one on each side; waiting for a second frame only loses crossings.
-    min_frames: int = Field(1, ge=1, le=1000, description="Frames an object's track must have been seen in before it "
-                            "counts (a crossing already needs two sightings).")
     in_name: str = Field("in", min_length=1, description="What users call the in direction (e.g. northbound).")
     out_name: str = Field("out", min_length=1, description="What users call the out direction.")
 

@@ -83,7 +83,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["ByteTracker", "TrackEnd", "TrackStart", "iou_matrix"]
+__all__ = ["LOW_THRESH", "ByteTracker", "TrackEnd", "TrackStart", "iou_matrix"]
+
+#: ``ByteTracker``'s default ``low_thresh``: detections below it only continue recent tracks (``keep_thresh``).
+LOW_THRESH = 0.1
 
 _TENTATIVE, _TRACKED, _LOST = 0, 1, 2
 _FORBIDDEN = 1e6  # cost of a pair of different labels
@@ -249,7 +252,7 @@ class ByteTracker:
         frame_rate: float = 25.0,
         *,
         high_thresh: float = 0.7,
-        low_thresh: float = 0.1,
+        low_thresh: float = LOW_THRESH,
         new_track_thresh: float | None = None,
         match_thresh: float = 0.9,
         low_match_thresh: float = 0.5,

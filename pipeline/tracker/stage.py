@@ -18,21 +18,17 @@ import numpy as np
 
 from engines.base import Detections
 
-from pipeline.tracker.bytetrack import ByteTracker, TrackEnd, TrackStart
+from pipeline.tracker.bytetrack import LOW_THRESH, ByteTracker, TrackEnd, TrackStart
 from pipeline.events.contract import track_ended_event, track_started_event
 from pipeline.frame import BatchResult, StreamEnd
 from pipeline.stage import Channel, RunContext, Stage
 
 __all__ = ["ByteTracker", "TrackerStage", "engine_score_threshold"]
 
-#: The lowest score the tracker takes detections from (ByteTracker's default ``low_thresh``).
-TRACKER_LOW_SCORE = 0.1
-
-
 def engine_score_threshold(publish_threshold: float) -> float:
     """The score threshold to build the pipeline's engine with: low enough for the tracker's low-score association,
     never above what is published."""
-    return min(publish_threshold, TRACKER_LOW_SCORE)
+    return min(publish_threshold, LOW_THRESH)
 
 
 class TrackerStage(Stage):
