@@ -1,10 +1,11 @@
 """Subscriber client: read what the pipeline publishes (frames per camera, or events) as typed dicts.
 
 ```python
+import logging
 from pipeline.client import Subscriber
 sub = Subscriber.from_url("redis://localhost:6379/0", cameras=["lobby"])
 for entry in sub.iter(timeout_s=5):          # stops after 5 s without entries; None: never
-    print(entry["camera"], entry["frame"], entry["objects"])
+    logging.info("%s frame %s: %d objects", entry["camera"], entry["frame"], len(entry["objects"]))
 ```
 
 Two ways to read (docs/events.md, "Reading"):
