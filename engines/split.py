@@ -24,7 +24,7 @@ from torchvision.ops import batched_nms, nms, roi_align
 from torchvision.ops.poolers import _onnx_merge_levels, _setup_scales
 
 from engines.base import Detections, Detector
-from engines.models import LoadedModel
+from engines.models import ChannelProjectedRoIAlign, LoadedModel
 
 #: The parts of `SplitDetector.detect`, in order, as `timings` names them.
 PARTS: tuple[str, ...] = ("preprocess", "dense", "proposals", "roi_heads", "postprocess")
@@ -85,6 +85,7 @@ class RoIHeadsStage(nn.Module):
     roi_align takes them: all RoIs of a batch in one call. RoIAlign is torchvision's MultiScaleRoIAlign with the
     scales and FPN level mapper it infers for the static input size; it exports as ONNX RoiAlign (opset 16+:
     `output_half_pixel`, i.e. aligned=False), and with several levels as torchvision's own ONNX level merge.
+    Where the model projects the feature maps before pooling (ChannelProjectedRoIAlign), the graph does too.
     The class scores are the softmax of the predictor's logits. The boxes are its per-class deltas applied to the RoI
     (torchvision's BoxCoder), as offsets in input pixels from the RoI's own corners: `rois[:, None, 1:] + offsets`
     are the boxes RoIHeads.postprocess_detections starts from. Offsets are small numbers, so they keep their
@@ -94,6 +95,8 @@ class RoIHeadsStage(nn.Module):
     def __init__(self, model: FasterRCNN, input_size: tuple[int, int]) -> None:
         super().__init__()
         pool = model.roi_heads.box_roi_pool
+        # Feature maps to the channels RoIAlign pools, where the model projects them first (inference_settings).
+        self.projection = pool.projection if isinstance(pool, ChannelProjectedRoIAlign) else nn.Identity()
         self.box_head = BoxHeadStage(model)
         self.box_coder = model.roi_heads.box_coder
         self.num_classes = int(model.roi_heads.box_predictor.cls_score.out_features)  # a static dim of the outputs
@@ -109,7 +112,7 @@ class RoIHeadsStage(nn.Module):
         )
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
-        levels, rois = inputs[:-1], inputs[-1]
+        levels, rois = [self.projection(level) for level in inputs[:-1]], inputs[-1]
         if len(levels) == 1:
             pooled = roi_align(levels[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
         else:  # torchvision's _multiscale_roi_align on a batch's rois, with its ONNX-exportable merge
@@ -198,8 +201,10 @@ def resized_size(
 
 def roi_input_shape(model: FasterRCNN) -> tuple[int, int, int]:
     """(channels, height, width) of one RoI-pooled feature, the box head's input."""
-    channels = model.backbone.out_channels
-    size = model.roi_heads.box_roi_pool.output_size
+    pool = model.roi_heads.box_roi_pool
+    projected = isinstance(pool, ChannelProjectedRoIAlign)
+    channels = pool.projection.out_channels if projected else model.backbone.out_channels
+    size = pool.output_size
     h, w = (size, size) if isinstance(size, int) else size
     return channels, int(h), int(w)
 

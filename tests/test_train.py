@@ -240,14 +240,21 @@ def test_saved_weights_load_with_build_model(tiny_run) -> None:
     assert loaded.trained and loaded.label_names == SYNTH_LABEL_NAMES
     state = loaded.model.state_dict()
     for k, v in state.items():
-        if not k.startswith("roi_heads.box_head.fc6."):
+        if not k.startswith(("roi_heads.box_head.fc6.", "roi_heads.box_roi_pool.projection.")):
             assert torch.equal(v, obj["model"][k])
-    # fc6 runs as its truncated SVD (engines.models.inference_settings): the best rank-r approximation of W.
+    # fc6 runs as its truncated SVD (engines.models.inference_settings): the best rank-r approximation of W, reading
+    # the pooled features through the channel projection RoIAlign now pools with (an orthonormal basis's P^T P).
     w = obj["model"]["roi_heads.box_head.fc6.weight"]
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     rank = state["roi_heads.box_head.fc6.0.weight"].shape[0]
-    product = state["roi_heads.box_head.fc6.1.weight"] @ state["roi_heads.box_head.fc6.0.weight"]
-    torch.testing.assert_close(product, u[:, :rank] @ torch.diag(s[:rank]) @ vh[:rank], atol=1e-5, rtol=1e-4)
+    projection = state["roi_heads.box_roi_pool.projection.weight"].flatten(1)  # [r, C]
+    channels = projection.shape[1]
+    truncated = (u[:, :rank] @ torch.diag(s[:rank]) @ vh[:rank]).view(w.shape[0], channels, -1)
+    expected = torch.einsum("ocb,cd->odb", truncated, projection.T @ projection).flatten(1)
+    product = (state["roi_heads.box_head.fc6.1.weight"] @ state["roi_heads.box_head.fc6.0.weight"]).view(
+        w.shape[0], projection.shape[0], -1)
+    torch.testing.assert_close(torch.einsum("okb,kc->ocb", product, projection).flatten(1), expected,
+                               atol=1e-5, rtol=1e-4)
     assert torch.equal(state["roi_heads.box_head.fc6.1.bias"], obj["model"]["roi_heads.box_head.fc6.bias"])
 
 
