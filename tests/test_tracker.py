@@ -118,13 +118,13 @@ def test_a_fragment_next_to_a_lost_track_takes_back_its_id() -> None:
     """Re-identification by motion (``reid_buffer``): the reappearing person's detection lies in the lost track's
     widened box, so it is held one frame (not confirmed at once) and then continues the lost track's id, with no new
     track started -- also with the frame size known (the border guard: the person was mid-frame, behind an
-    occluder); with re-identification off it is a new identity at once."""
+    occluder); without it (the default) it is a new identity at once."""
     for size in (None, (640, 360)):
         tracker = ByteTracker(frame_rate=FPS, reid_buffer=2.5)
         tid, first, later, _ = _stop_while_unseen(tracker, size=size)
         assert tid > 0 and first == -1 and later == [tid], size
         assert tracker.started == [] and tracker.ended == [] and tracker.active_tracks == 1
-    tid, first, later, _ = _stop_while_unseen(ByteTracker(frame_rate=FPS, reid_buffer=0.0))
+    tid, first, later, _ = _stop_while_unseen(ByteTracker(frame_rate=FPS))
     assert tid > 0 and first not in (-1, tid) and later == [first]  # confirmed at once: a new identity
 
 

@@ -47,7 +47,7 @@ Per update (one frame of one stream):
    spanning ``weak_confirm_s`` (in time, so the same at any frame rate; at least 2 and ``n_init`` detections) and
    is dropped at its first miss. A confirmed track that is not matched becomes lost, and is
    removed ``track_buffer_s`` seconds after its last detection.
-8. Re-identification by motion (``reid_buffer`` > 0; 2.5 by default since issue 14's sixth attempt, 0: off): a new
+8. Optional re-identification by motion (``reid_buffer`` > 0; off by default, 2.5 is what was measured): a new
    tentative track whose first detection lies in the predicted box, widened by ``reid_buffer`` position stds, of a
    confirmed track left unmatched in that update and last seen at most ``reid_lost_s`` ago is never confirmed at
    once. If that box is the only confirmed track's widened box it overlaps, and the detection scores at least the
@@ -60,9 +60,8 @@ Per update (one frame of one stream):
    in reach makes it ambiguous. A lost track whose last box lay within ``reid_border`` pixels of the image border
    (``update``'s ``frame_size``) is never re-identified: that object most likely left the view, and a new object
    entering at the same edge is someone else (without the guard, the held-out regimes of issue 14's fourth attempt
-   lost IDF1 that way). Off by default in issue 14's fourth and fifth attempts (more held-out regimes fell behind
-   the best peer); on since the sixth, with weak births never heirs, chosen on the real-motion tuning set (MOT15)
-   and kept by its held-out run (docs/tracking.md).
+   lost IDF1 that way). It cuts ID switches and gains on every tuning regime, but in its held-out runs (issue 14's
+   fourth and fifth attempts, docs/tracking.md) more regimes fell behind the best peer, so it is not the default.
 
 With ``class_aware`` (default) a detection is never matched to a track of another label.
 
@@ -203,8 +202,7 @@ class ByteTracker:
         match_thresh: largest ``1 - IoU`` accepted for high-score detections and confirmed tracks (0.9: IoU >= 0.1).
         low_match_thresh: largest ``1 - IoU`` accepted for low-score detections.
         n_init: hits that confirm a tentative track (1 = confirm at once).
-        track_buffer_s: seconds a lost track is kept (since its last detection) before it is removed (2.0 since
-            issue 14's sixth attempt, 1.5 before: real scenes' occlusions last longer than the synthetic ones').
+        track_buffer_s: seconds a lost track is kept (since its last detection) before it is removed.
         class_aware: never match a detection to a track of another label.
         tentative_buffer: a tentative track's predicted box is widened by this many standard deviations of its
             predicted position on each axis (0: plain IoU).
@@ -236,7 +234,7 @@ class ByteTracker:
             is the floor, so an object whose score dips to almost nothing for a frame (a wide score spread) keeps
             its track.
         reid_buffer: re-identification by motion (step 8 of the module docstring): gate of a lost track's predicted
-            box, widened by this many position stds (IoU >= ``1 - match_thresh``); 0: off.
+            box, widened by this many position stds (IoU >= ``1 - match_thresh``); 0 (default): off.
         reid_lost_s: only tracks last detected at most this many seconds ago are re-identified.
         reid_border: a lost track whose last box lay within this many pixels of the image border (of the frame size
             passed to ``update``) is never re-identified: the object most likely left the view, and a new object
@@ -260,7 +258,7 @@ class ByteTracker:
         match_thresh: float = 0.9,
         low_match_thresh: float = 0.5,
         n_init: int = 2,
-        track_buffer_s: float = 2.0,
+        track_buffer_s: float = 1.5,
         class_aware: bool = True,
         tentative_buffer: float = 3.0,
         duplicate_ioa: float = 0.8,
@@ -278,7 +276,7 @@ class ByteTracker:
         weak_match_thresh: float = 0.7,
         keep_thresh: float = 0.0,
         clutter_thresh: float = 1.5,
-        reid_buffer: float = 2.5,
+        reid_buffer: float = 0.0,
         reid_lost_s: float = 0.5,
         reid_border: float = 2.0,
     ) -> None:
