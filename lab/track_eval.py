@@ -588,6 +588,9 @@ def regimes_from_args(args: argparse.Namespace) -> tuple[str, bool]:
     from lab.track_regimes import REGIMES
 
     regimes = available_regimes(select_regimes(args.regimes), args.mot15_dir)
+    if not regimes:
+        _usage_error(f"--regimes {args.regimes!r}: only MOT15 regimes, and their ground truth is absent (set "
+                     "RPN_MOT15_DIR or --mot15-dir)")
     names = [n.strip() for n in (args.trackers or ",".join(REGIME_TRACKERS)).split(",") if n.strip()]
     params: dict[str, dict[str, Any]] = {}
     if args.tune_peers:

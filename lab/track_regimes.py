@@ -420,7 +420,8 @@ def simulate(regime: Regime, *, seconds: float | None = None, seeds: Sequence[in
         d, g = remap[det_frame] >= 0, remap[truth.frame] >= 0
         out.append(Clip(
             name=truth.name if regime.draws == 1 else f"{truth.name}-{i % regime.draws}",
-            fps=regime.detector.fps or truth.fps / max(1, regime.detector.subsample), frames=len(kept), crowded=False, times=kept / truth.fps,
+            fps=regime.detector.fps or truth.fps / max(1, regime.detector.subsample), frames=len(kept), crowded=False,
+            times=kept / truth.fps,
             det_frame=remap[det_frame[d]], det_boxes=det_boxes[d].astype(np.float32),
             det_scores=det_scores[d].astype(np.float32), det_labels=det_labels[d],
             gt_frame=remap[truth.frame[g]], gt_ids=truth.ids[g], gt_boxes=truth.boxes[g], gt_labels=truth.labels[g],

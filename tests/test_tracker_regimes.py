@@ -3,13 +3,22 @@ a few short sequences: metrics are computed for ours and a peer, the split is re
 and our tracker beats a deliberately crippled configuration of itself."""
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from lab.track_eval import available_regimes, regime_clips, regime_report, regime_scores, select_regimes
+from lab.track_eval import (
+    add_args,
+    available_regimes,
+    regime_clips,
+    regime_report,
+    regime_scores,
+    regimes_from_args,
+    select_regimes,
+)
 from lab.track_regimes import (
     MOT15_SEQUENCES,
     REGIMES,
@@ -45,9 +54,9 @@ def test_tuning_regimes_span_every_family_at_other_values() -> None:
 
     def axes(r: Regime) -> dict[str, object]:
         d = r.detector
-        return {"score": (d.score, d.score_std, d.fp_score, d.fp_score_std), "jitter": d.jitter, "miss": (d.miss, d.occlusion_miss),
-                "fp": d.fp_rate, "frames": (d.fps, d.drop, d.subsample), "size": (r.width, r.height),
-                "crowd": r.max_objects, "speed": r.speed}
+        return {"score": (d.score, d.score_std, d.fp_score, d.fp_score_std), "jitter": d.jitter,
+                "miss": (d.miss, d.occlusion_miss), "fp": d.fp_rate, "frames": (d.fps, d.drop, d.subsample),
+                "size": (r.width, r.height), "crowd": r.max_objects, "speed": r.speed}
 
     default = axes(Regime("base", "tune", base))
     for axis in default:
@@ -113,6 +122,11 @@ def test_absent_mot15_data_leaves_its_regimes_out(tmp_path, caplog) -> None:  # 
     assert [r.name for r in kept] == [r.name for r in REGIMES if not r.mot15]
     assert len(caplog.records) == 1 and "MOT15" in caplog.records[0].getMessage()
     assert available_regimes(REGIMES, tmp_path) == list(REGIMES)  # present: all of them
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    with pytest.raises(SystemExit) as stop:  # nothing left to run: a usage error, not an empty report
+        regimes_from_args(parser.parse_args(["--regimes", "MOT15", "--mot15-dir", str(tmp_path / "absent")]))
+    assert stop.value.code == 2
 
 
 def test_simulated_detector_applies_its_noise_model() -> None:
