@@ -21,6 +21,7 @@ Held-out regimes use other seeds and move each noise axis outside the tuning ran
 """
 from __future__ import annotations
 
+import configparser
 import contextlib
 import os
 import zlib
@@ -32,11 +33,15 @@ import numpy as np
 
 from lab.track_clips import Clip
 
-__all__ = ["BASE_FPS", "REGIMES", "Detector", "Regime", "Truth", "simulate", "synth_truth", "tud_dir",
-           "tud_truth"]
+__all__ = ["BASE_FPS", "MOT15_SEQUENCES", "REGIMES", "Detector", "Regime", "Truth", "mot15_dir", "mot15_truth",
+           "mot_truth", "simulate", "synth_truth", "tud_dir", "tud_truth"]
 
 BASE_FPS = 30.0  # the synthetic simulation's step rate; lower frame rates keep every k-th step
 TUD_SEQUENCES = ("TUD-Campus", "TUD-Stadtmitte")
+#: The MOT15 (2D MOT 2015) training sequences of the real-motion tuning set: all but TUD-Campus and TUD-Stadtmitte,
+#: which are held out (the TUD regimes) and never read from the MOT15 directory.
+MOT15_SEQUENCES = ("ADL-Rundle-6", "ADL-Rundle-8", "ETH-Bahnhof", "ETH-Pedcross2", "ETH-Sunnyday", "KITTI-13",
+                   "KITTI-17", "PETS09-S2L1", "Venice-2")
 IGNORE_VISIBILITY = 0.2
 
 
@@ -57,6 +62,7 @@ class Truth:
     boxes: np.ndarray  # float64 [G, 4] x1 y1 x2 y2, clipped to the frame
     labels: np.ndarray  # int64 [G]
     visibility: np.ndarray  # float64 [G]
+    ignored: np.ndarray | None = None  # bool [G]: marked to be ignored in the source (scored as distractors)
 
 
 def _visibility(full: np.ndarray, clipped: np.ndarray, depth: np.ndarray) -> np.ndarray:
@@ -137,13 +143,23 @@ def tud_dir() -> Path:
     return Path(os.environ.get("RPN_TUD_DIR", Path.home() / ".cache" / "rpn-pipeline" / "tud"))
 
 
-def tud_truth(name: str, root: Path | None = None) -> Truth:
-    """Real pedestrian trajectories of TUD-Campus or TUD-Stadtmitte (640x480, 25 fps, all label 1 = person)."""
-    path = (root or tud_dir()) / "motmetrics" / "data" / name / "gt.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: TUD ground truth not found; run `make tud-data` (or set RPN_TUD_DIR)")
-    raw = np.loadtxt(path, delimiter=",", ndmin=2)
-    width, height = 640, 480
+def mot15_dir() -> Path:
+    """Where the optional MOT15 tuning ground truth lies (``$RPN_MOT15_DIR``, default ~/.cache/rpn-pipeline/mot15):
+    ``<SEQ>/gt/gt.txt`` and ``<SEQ>/seqinfo.ini`` per sequence, MOTChallenge layout (docs/tracking.md)."""
+    return Path(os.environ.get("RPN_MOT15_DIR", Path.home() / ".cache" / "rpn-pipeline" / "mot15"))
+
+
+def mot_truth(gt_path: Path, name: str, *, fps: float, width: int, height: int, frames: int | None = None) -> Truth:
+    """Ground truth of one sequence from a MOTChallenge 2D ``gt.txt`` (frame, id, x, y, w, h, conf, ...; frames
+    from 1), all label 1 = person. Boxes are clipped to the frame; visibility from geometry (the box whose bottom
+    edge is lower is nearer the camera). Rows with conf 0 (MOTChallenge: to be ignored) are scored as distractors
+    (``Truth.ignored``); the simulated detector still sees them. ``frames``: the sequence's length, when trailing
+    frames have no ground truth (default: up to the last frame with some)."""
+    if not gt_path.is_file():
+        raise FileNotFoundError(f"{gt_path}: ground truth not found")
+    raw = np.loadtxt(gt_path, delimiter=",", ndmin=2)
+    if raw.shape[0] == 0 or raw.shape[1] < 6:
+        raise ValueError(f"{gt_path}: not MOTChallenge gt rows (frame, id, x, y, w, h, ...)")
     frame = raw[:, 0].astype(np.int64) - 1
     full = np.column_stack([raw[:, 2], raw[:, 3], raw[:, 2] + raw[:, 4], raw[:, 3] + raw[:, 5]])
     clipped = np.clip(full, 0, [width, height, width, height])
@@ -151,9 +167,37 @@ def tud_truth(name: str, root: Path | None = None) -> Truth:
     for t in np.unique(frame):
         sel = np.flatnonzero(frame == t)
         vis[sel] = _visibility(full[sel], clipped[sel], full[sel, 3])  # lower bottom edge = nearer
+    ignored = raw[:, 6] == 0 if raw.shape[1] > 6 else np.zeros(len(raw), bool)
     order = np.lexsort((raw[:, 1], frame))
-    return Truth(name, 25.0, int(frame.max()) + 1, width, height, frame[order], raw[order, 1].astype(np.int64),
-                 clipped[order], np.ones(len(raw), np.int64), vis[order])
+    return Truth(name, fps, max(frames or 0, int(frame.max()) + 1), width, height, frame[order],
+                 raw[order, 1].astype(np.int64), clipped[order], np.ones(len(raw), np.int64), vis[order],
+                 ignored[order])
+
+
+def tud_truth(name: str, root: Path | None = None) -> Truth:
+    """Real pedestrian trajectories of TUD-Campus or TUD-Stadtmitte (640x480, 25 fps, all label 1 = person)."""
+    path = (root or tud_dir()) / "motmetrics" / "data" / name / "gt.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: TUD ground truth not found; run `make tud-data` (or set RPN_TUD_DIR)")
+    return mot_truth(path, name, fps=25.0, width=640, height=480)
+
+
+def mot15_truth(name: str, root: Path | None = None) -> Truth:
+    """One MOT15 training sequence from ``root`` (default :func:`mot15_dir`): frame size and rate from its
+    ``seqinfo.ini``. TUD sequences are refused: they are held out, and come from motmetrics (:func:`tud_truth`)."""
+    if name.upper().startswith("TUD"):
+        raise ValueError(f"{name}: TUD sequences are held out and never read from the MOT15 tuning set")
+    seq = (root or mot15_dir()) / name
+    ini = configparser.ConfigParser()
+    if not ini.read(seq / "seqinfo.ini") or "Sequence" not in ini:
+        raise FileNotFoundError(f"{seq / 'seqinfo.ini'}: MOT15 sequence info not found (set RPN_MOT15_DIR)")
+    info = ini["Sequence"]
+    try:
+        fps, width, height = float(info["frameRate"]), int(info["imWidth"]), int(info["imHeight"])
+        frames = int(info["seqLength"]) if "seqLength" in info else None
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{seq / 'seqinfo.ini'}: needs frameRate, imWidth and imHeight ({e})") from e
+    return mot_truth(seq / "gt" / "gt.txt", name, fps=fps, width=width, height=height, frames=frames)
 
 
 # --------------------------------------------------------------------------- simulated detector
@@ -178,6 +222,7 @@ class Detector:
     fp_score_std: float = 0.12
     drop: float = 0.0  # fraction of frames dropped at random (the rest keep their timestamps)
     fps: float | None = None  # subsample to this frame rate (None: the sequence's own)
+    subsample: int = 1  # without ``fps``: keep every k-th frame (2: half the sequence's own frame rate)
 
     def detect(self, truth: Truth, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Detections of every frame -> (frame index, boxes, scores, labels)."""
@@ -218,7 +263,7 @@ class Detector:
 
     def kept_frames(self, truth: Truth, seed: int) -> np.ndarray:
         """Frame indices the tracker gets (frame-rate subsampling, then random drops; the first is always kept)."""
-        step = 1 if self.fps is None else max(1, int(round(truth.fps / self.fps)))
+        step = max(1, self.subsample) if self.fps is None else max(1, int(round(truth.fps / self.fps)))
         kept = np.arange(0, truth.frames, step)
         if self.drop > 0:
             rng = np.random.default_rng(seed + 7919)
@@ -240,9 +285,10 @@ class Regime:
     detector: Detector = field(default_factory=Detector)
     seeds: tuple[int, ...] = ()  # synthetic scenes (ignored when `tud`)
     tud: bool = False  # real pedestrian trajectories (always held out)
+    mot15: bool = False  # real trajectories of the MOT15 training sequences but TUD (tuning; optional local data)
     width: int = 640
     height: int = 360
-    seconds: float = 10.0
+    seconds: float = 10.0  # synthetic sequences' length (real sequences are taken whole)
     max_objects: int = 8
     speed: float = 1.0
     draws: int = 1  # simulated detector runs per sequence (the two TUD sequences are short: 3 draws each)
@@ -291,6 +337,17 @@ REGIMES: tuple[Regime, ...] = (
     Regime("tune: over-confident, 15 fps", "tune", replace(_D, score=0.9, score_std=0.05, fp_score=0.7,
                                                            fp_score_std=0.1, occlusion_score=0.15, fp_rate=0.8,
                                                            fps=15.0), _TUNE_SEEDS),
+    # -- tuning, real motion (issue 14, sixth attempt): the MOT15 training sequences but TUD, with the four detector
+    # families of the held-out TUD regimes at other values; present only where $RPN_MOT15_DIR holds the data
+    Regime("tune: MOT15 real motion", "tune", _D, mot15=True),
+    Regime("tune: MOT15 under-confident, jitter 4%", "tune",
+           replace(_D, score=0.5, score_std=0.1, fp_score=0.25, fp_score_std=0.08, occlusion_score=0.2,
+                   jitter=0.04), mot15=True),
+    Regime("tune: MOT15 over-confident, half frame rate", "tune",
+           replace(_D, score=0.9, score_std=0.05, fp_score=0.75, fp_score_std=0.1, occlusion_score=0.15,
+                   subsample=2), mot15=True),
+    Regime("tune: MOT15 occlusion misses, FPs", "tune",
+           replace(_D, occlusion_miss=1.2, occlusion_score=0.4, fp_rate=1.5, fp_score=0.45), mot15=True),
     # -- held out: scores
     Regime("calibrated", "held-out", replace(_D, score=0.7, score_std=0.15, fp_score=0.35, fp_score_std=0.15),
            _HELD_SEEDS),
@@ -331,20 +388,28 @@ REGIMES: tuple[Regime, ...] = (
 
 
 def regime_truths(regime: Regime, *, seconds: float | None = None, seeds: Sequence[int] | None = None,
-                  tud_root: Path | None = None) -> list[Truth]:
+                  tud_root: Path | None = None, mot15_root: Path | None = None) -> list[Truth]:
     """The ground-truth sequences of a regime."""
     if regime.tud:
         return [tud_truth(n, tud_root) for n in TUD_SEQUENCES]
+    if regime.mot15:  # whole sequences (about 3 s per tracker for the 9): `seconds` shortens synthetic ones only
+        return [mot15_truth(n, mot15_root) for n in MOT15_SEQUENCES]
     return [synth_truth(s, width=regime.width, height=regime.height, seconds=seconds or regime.seconds,
                         max_objects=regime.max_objects, speed=regime.speed)
             for s in (regime.seeds if seeds is None else seeds)]
 
 
+def _ignored(truth: Truth) -> np.ndarray:
+    """Ground-truth boxes scored as distractors: under 20 % visible, or marked so in the source."""
+    low = truth.visibility < IGNORE_VISIBILITY
+    return low if truth.ignored is None else low | truth.ignored
+
+
 def simulate(regime: Regime, *, seconds: float | None = None, seeds: Sequence[int] | None = None,
-             tud_root: Path | None = None) -> list[Clip]:
+             tud_root: Path | None = None, mot15_root: Path | None = None) -> list[Clip]:
     """A regime's sequences with its simulated detector applied (``draws`` times each)."""
     out = []
-    truths = regime_truths(regime, seconds=seconds, seeds=seeds, tud_root=tud_root)
+    truths = regime_truths(regime, seconds=seconds, seeds=seeds, tud_root=tud_root, mot15_root=mot15_root)
     for i, truth in enumerate(t for t in truths for _ in range(regime.draws)):
         # the whole name seeds the detector: regimes sharing a prefix ("tune: ...", "jitter ...") get their own draws
         seed = zlib.crc32(regime.name.encode()) % 100_000 * 100 + i
@@ -355,10 +420,11 @@ def simulate(regime: Regime, *, seconds: float | None = None, seeds: Sequence[in
         d, g = remap[det_frame] >= 0, remap[truth.frame] >= 0
         out.append(Clip(
             name=truth.name if regime.draws == 1 else f"{truth.name}-{i % regime.draws}",
-            fps=regime.detector.fps or truth.fps, frames=len(kept), crowded=False, times=kept / truth.fps,
+            fps=regime.detector.fps or truth.fps / max(1, regime.detector.subsample), frames=len(kept), crowded=False,
+            times=kept / truth.fps,
             det_frame=remap[det_frame[d]], det_boxes=det_boxes[d].astype(np.float32),
             det_scores=det_scores[d].astype(np.float32), det_labels=det_labels[d],
             gt_frame=remap[truth.frame[g]], gt_ids=truth.ids[g], gt_boxes=truth.boxes[g], gt_labels=truth.labels[g],
-            gt_ignored=truth.visibility[g] < IGNORE_VISIBILITY, frame_size=(truth.width, truth.height),
+            gt_ignored=_ignored(truth)[g], frame_size=(truth.width, truth.height),
         ))
     return out

@@ -3,14 +3,32 @@ a few short sequences: metrics are computed for ours and a peer, the split is re
 and our tracker beats a deliberately crippled configuration of itself."""
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from lab.track_eval import regime_clips, regime_report, regime_scores, select_regimes
-from lab.track_regimes import REGIMES, Detector, Regime, synth_truth, tud_dir, tud_truth
+from lab.track_eval import (
+    add_args,
+    available_regimes,
+    regime_clips,
+    regime_report,
+    regime_scores,
+    regimes_from_args,
+    select_regimes,
+)
+from lab.track_regimes import (
+    MOT15_SEQUENCES,
+    REGIMES,
+    Detector,
+    Regime,
+    mot15_truth,
+    synth_truth,
+    tud_dir,
+    tud_truth,
+)
 from pipeline.tracker import ByteTracker
 
 
@@ -36,9 +54,9 @@ def test_tuning_regimes_span_every_family_at_other_values() -> None:
 
     def axes(r: Regime) -> dict[str, object]:
         d = r.detector
-        return {"score": (d.score, d.score_std, d.fp_score, d.fp_score_std), "jitter": d.jitter, "miss": (d.miss, d.occlusion_miss),
-                "fp": d.fp_rate, "frames": (d.fps, d.drop), "size": (r.width, r.height),
-                "crowd": r.max_objects, "speed": r.speed}
+        return {"score": (d.score, d.score_std, d.fp_score, d.fp_score_std), "jitter": d.jitter,
+                "miss": (d.miss, d.occlusion_miss), "fp": d.fp_rate, "frames": (d.fps, d.drop, d.subsample),
+                "size": (r.width, r.height), "crowd": r.max_objects, "speed": r.speed}
 
     default = axes(Regime("base", "tune", base))
     for axis in default:
@@ -48,6 +66,67 @@ def test_tuning_regimes_span_every_family_at_other_values() -> None:
         assert not held_values & tune_values, axis  # tuned on other values than those reported
     assert not {(r.detector, r.width, r.height, r.max_objects, r.speed) for r in tune} & \
         {(r.detector, r.width, r.height, r.max_objects, r.speed) for r in held}
+    # real motion: the MOT15 tuning regimes cover the held-out TUD regimes' detector families, at other values
+    # (the base detector aside, which every family of the matrix starts from)
+    mot15 = {r.detector for r in tune if r.mot15}
+    tud = {r.detector for r in REGIMES if r.tud}
+    assert len(mot15) == len(tud) == 4 and mot15 & tud == {base}
+
+
+def _write_mot_sequence(root, name: str, rows: list[str], *, fps: int = 14, size: tuple[int, int] = (640, 480),
+                        length: int = 6) -> None:  # noqa: ANN001
+    (root / name / "gt").mkdir(parents=True)
+    (root / name / "gt" / "gt.txt").write_text("\n".join(rows) + "\n")
+    (root / name / "seqinfo.ini").write_text(
+        f"[Sequence]\nname={name}\nimDir=img1\nframeRate={fps}\nseqLength={length}\nimWidth={size[0]}\n"
+        f"imHeight={size[1]}\nimExt=.jpg\n")
+
+
+def test_mot15_sequences_load_with_their_frame_size_and_rate(tmp_path) -> None:  # noqa: ANN001
+    """A MOTChallenge gt.txt + seqinfo.ini: frames from 1, boxes clipped to the frame, rate, size and length from
+    seqinfo.ini, rows marked conf 0 scored as distractors, the nearer of two overlapping people hides the other."""
+    _write_mot_sequence(tmp_path, "ETH-Sunnyday", [
+        "1,1,600,100,60,120,1,-1,-1,-1",  # reaches past the right edge (640): clipped
+        "1,2,100,100,40,100,1,-1,-1,-1",
+        "2,2,104,100,40,100,1,-1,-1,-1",
+        "2,3,110,110,40,100,1,-1,-1,-1",  # lower bottom edge: in front of id 2
+        "3,4,300,200,20,50,0,-1,-1,-1",  # to be ignored
+    ], fps=14, size=(640, 480), length=6)
+    truth = mot15_truth("ETH-Sunnyday", tmp_path)
+    assert (truth.fps, truth.width, truth.height, truth.frames) == (14.0, 640, 480, 6)
+    assert truth.frame.tolist() == [0, 0, 1, 1, 2] and truth.ids.tolist() == [1, 2, 2, 3, 4]
+    assert truth.boxes[0].tolist() == [600, 100, 640, 220] and truth.visibility[0] == pytest.approx(40 / 60)
+    assert truth.visibility[2] < 0.5 and truth.visibility[3] == 1.0
+    assert truth.ignored is not None and truth.ignored.tolist() == [False] * 4 + [True]
+    with pytest.raises(FileNotFoundError, match="Venice-2"):
+        mot15_truth("Venice-2", tmp_path)
+
+
+def test_tud_is_never_read_from_the_mot15_tuning_set(tmp_path) -> None:  # noqa: ANN001
+    """TUD-Campus and TUD-Stadtmitte ship with MOT15 too, but they are the held-out real motion: the tuning regimes
+    take the other nine sequences, and the loader refuses a TUD name even where its files are present."""
+    assert len(MOT15_SEQUENCES) == 9 and not any(n.upper().startswith("TUD") for n in MOT15_SEQUENCES)
+    for i, name in enumerate((*MOT15_SEQUENCES, "TUD-Campus")):
+        _write_mot_sequence(tmp_path, name, [f"{f},{i + 1},{10 * f},50,30,80,1,-1,-1,-1" for f in range(1, 6)])
+    with pytest.raises(ValueError, match="held out"):
+        mot15_truth("TUD-Campus", tmp_path)
+    regime = next(r for r in REGIMES if r.mot15)
+    clips = regime_clips(regime, mot15_root=tmp_path)
+    assert [c.name for c in clips] == list(MOT15_SEQUENCES)
+    assert all(r.split == "tune" for r in REGIMES if r.mot15)
+
+
+def test_absent_mot15_data_leaves_its_regimes_out(tmp_path, caplog) -> None:  # noqa: ANN001
+    with caplog.at_level("WARNING", logger="lab.track_eval"):
+        kept = available_regimes(REGIMES, tmp_path / "absent")
+    assert [r.name for r in kept] == [r.name for r in REGIMES if not r.mot15]
+    assert len(caplog.records) == 1 and "MOT15" in caplog.records[0].getMessage()
+    assert available_regimes(REGIMES, tmp_path) == list(REGIMES)  # present: all of them
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    with pytest.raises(SystemExit) as stop:  # nothing left to run: a usage error, not an empty report
+        regimes_from_args(parser.parse_args(["--regimes", "MOT15", "--mot15-dir", str(tmp_path / "absent")]))
+    assert stop.value.code == 2
 
 
 def test_simulated_detector_applies_its_noise_model() -> None:

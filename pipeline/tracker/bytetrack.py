@@ -50,7 +50,8 @@ Per update (one frame of one stream):
 8. Optional re-identification by motion (``reid_buffer`` > 0; off by default, 2.5 is what was measured): a new
    tentative track whose first detection lies in the predicted box, widened by ``reid_buffer`` position stds, of a
    confirmed track left unmatched in that update and last seen at most ``reid_lost_s`` ago is never confirmed at
-   once. If that box is the only confirmed track's widened box it overlaps, the tentative track is its heir: when
+   once. If that box is the only confirmed track's widened box it overlaps, and the detection scores at least the
+   new-track threshold (a weak birth is no heir), the tentative track is its heir: when
    the tentative is confirmed (by its next detection) and the lost track has still not been found again, it
    continues the lost track under its id -- no new identity, no :class:`TrackStart` -- instead of fragmenting it
    (an object that turned or was missed for a few frames, or whose low-score detection missed the strict low-score
@@ -467,6 +468,9 @@ class ByteTracker:
         near = np.zeros(len(new), bool)
         if self.reid_buffer > 0 and len(new):
             heir, near = self._heirs(boxes[new], labels[new], now, matched, frame_size)
+            # a weak birth (under the new-track threshold) is no heir: next to a lost track in clutter it is as
+            # often a false positive near the object, and one repeated in place would take the lost id
+            heir[scores[new] < new_t] = 0
 
         # Kalman update and bookkeeping of matched tracks
         hit = np.flatnonzero(det_track >= 0)
