@@ -3,12 +3,12 @@ fills), waits on printed lines with generous deadlines, signals, and the HTTP ad
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from signal import Signals
 from types import TracebackType
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ class CliProcess:
         line = self.wait_for("HTTP API on http://", timeout)
         return line.split("HTTP API on ", 1)[1].split()[0]
 
-    def signal(self, sig: signal.Signals) -> None:
+    def signal(self, sig: Signals) -> None:
         self.proc.send_signal(sig)
 
     def wait(self, timeout: float = 120) -> int:
