@@ -291,19 +291,23 @@ def test_weak_tier_needs_an_unbroken_run_and_ignores_scattered_low_scores() -> N
     assert tracker.active_tracks == 1
 
 
-def _person_starts(clutter: bool, clutter_thresh: float = 1.5) -> tuple[list[tuple[float, float]], float]:
+def _person_starts(clutter: bool, clutter_thresh: float | None = 1.5, fps_per_frame: tuple[int, ...] = (4,),
+                   at: int = 30) -> tuple[list[tuple[float, float]], float]:
     """A person false positive followed, after a frame without it, by another one beside it (plain IoU about 0.1,
-    inside the tentative track's widened box) at t = 30 and 32; a real person missed for one frame and seen again in
-    place at t = 40 and 42. With `clutter`, four one-off car false positives a frame elsewhere. Returns (first box
-    centre of each confirmed person track, the tracker's clutter rate)."""
-    tracker = ByteTracker(frame_rate=FPS, adaptive=False, high_thresh=0.5, clutter_thresh=clutter_thresh)
+    inside the tentative track's widened box) at t = at and at + 2; a real person missed for one frame and seen again
+    in place at t = at + 10 and at + 12. With `clutter`, one-off car false positives elsewhere, ``fps_per_frame[f %
+    len]`` in frame f. ``clutter_thresh`` None: the default. Returns (first box centre of each confirmed person track,
+    the tracker's clutter rate)."""
+    gate = {} if clutter_thresh is None else {"clutter_thresh": clutter_thresh}
+    tracker = ByteTracker(frame_rate=FPS, adaptive=False, high_thresh=0.5, **gate)
     rng = np.random.default_rng(3)
-    person = {30: box(300, 100), 32: box(314, 120), 40: box(500, 100), 42: box(502, 101)}
+    person = {at: box(300, 100), at + 2: box(314, 120), at + 10: box(500, 100), at + 12: box(502, 101)}
     starts = []
-    for f in range(60):
+    for f in range(at + 30):
         items = [(person[f], 0.6, PERSON)] if f in person else []
         if clutter:
-            items += [(box(x, y), 0.6, CAR) for x, y in rng.uniform([0, 1000], [4000, 4000], (4, 2))]
+            k = fps_per_frame[f % len(fps_per_frame)]
+            items += [(box(x, y), 0.6, CAR) for x, y in rng.uniform([0, 1000], [4000, 4000], (k, 2))]
         step(tracker, *items, t=f / FPS)
         starts += [((s.box[0] + s.box[2]) / 2, (s.box[1] + s.box[3]) / 2) for s in tracker.started if s.label == PERSON]
     return starts, tracker.clutter()
@@ -318,6 +322,17 @@ def test_dense_clutter_keeps_tentative_tracks_that_missed_a_frame_to_the_plain_g
     busy, rate = _person_starts(clutter=True)
     assert rate > 3.0 and busy == [(500.0, 100.0)]
     assert _person_starts(clutter=True, clutter_thresh=float("inf"))[0] == quiet  # the mechanism off
+
+
+def test_clutter_gate_catches_moderate_clutter_by_default() -> None:
+    """About 1.4 one-off false positives a frame (issue 14's seventh attempt: real pedestrians with 1.5 false
+    positives a frame) already count as dense clutter at the default ``clutter_thresh`` (1.2): two unrelated false
+    positives make no track, the person seen again in place still does. At the old 1.5 they made a track."""
+    pattern = (2, 1, 2, 1, 1)  # 1.4 a frame
+    busy, rate = _person_starts(clutter=True, clutter_thresh=None, fps_per_frame=pattern, at=80)
+    assert 1.2 < rate < 1.5 and busy == [(500.0, 100.0)]
+    old, _ = _person_starts(clutter=True, clutter_thresh=1.5, fps_per_frame=pattern, at=80)
+    assert old == [(300.0, 100.0), (500.0, 100.0)]
 
 
 def test_detection_of_another_label_is_never_matched() -> None:

@@ -244,8 +244,10 @@ class ByteTracker:
         clutter_thresh: while more tentative tracks than this are dropped unconfirmed per update (:meth:`clutter`,
             a running mean: detections that do not repeat in place), weak tentative tracks and tentative tracks that
             missed the previous update take detections only through the plain ``weak_match_thresh`` gate, not
-            through their widened box (``inf``: never). 1.5 lies between the tuning regimes' 0.4-0.9 with a few
-            false positives and 1.7-3.4 with frequent ones.
+            through their widened box (``inf``: never). 1.2 (1.5 until issue 14's seventh attempt) lies between the
+            tuning regimes' 0.4-0.9 with a few false positives and 1.7-3.4 with frequent ones; the lower value also
+            catches the real-motion (MOT15) regime with 1.5 false positives per frame, where chains of weak births
+            were most of ours' false-positive tracks (docs/tracking.md).
     """
 
     def __init__(
@@ -275,7 +277,7 @@ class ByteTracker:
         weak_confirm_s: float = 0.03,
         weak_match_thresh: float = 0.7,
         keep_thresh: float = 0.0,
-        clutter_thresh: float = 1.5,
+        clutter_thresh: float = 1.2,
         reid_buffer: float = 0.0,
         reid_lost_s: float = 0.5,
         reid_border: float = 2.0,
