@@ -152,16 +152,18 @@ class Stage(threading.Thread):
         pass
 
     # --- machinery ---------------------------------------------------------------------------------------------
-    def emit(self, item: object) -> None:
+    def emit(self, item: object) -> bool:
+        """Pass `item` on; False when it was dropped instead (frames after the stop deadline)."""
         frames = frames_of(item)
         if frames and self.ctx.discard.is_set():
             self.drop(frames, "stopped before processing")
-            return
+            return False
         self.counters.frames_out += len(frames)
         if self.outbox is not None:
             waited = time.perf_counter()
             self.outbox.put(item)
             self._blocked_s += time.perf_counter() - waited  # backpressure is not work: keep it out of busy_s
+        return True
 
     def drop(self, frames: list[Frame], reason: str) -> None:
         self.counters.dropped += len(frames)

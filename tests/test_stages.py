@@ -8,6 +8,7 @@ import numpy as np
 from pipeline.inference.batcher import Batcher
 from pipeline.frame import END, Batch, Frame, StreamEnd
 from pipeline.stage import Channel, RunContext
+from tests.waiting import wait_for
 
 
 def _frame(stream: str, index: int) -> Frame:
@@ -57,6 +58,28 @@ def test_stream_end_never_overtakes_its_frames() -> None:
     items = _collect(outbox)
     assert isinstance(items[0], Batch) and [f.index for f in items[0].frames] == [0, 1, 2]
     assert items[1] == StreamEnd("a")
+
+
+def test_a_batch_dropped_at_the_stop_deadline_does_not_leave_the_pulling_batcher_waiting() -> None:
+    """With the engine pulling batches (`demand`), a batch dropped after the stop deadline never reached the engine,
+    which still waits for it: the batcher must not wait for a new request, or END never gets through (a drain with
+    drain_timeout_s 0 hung until killed)."""
+    ctx = RunContext()
+    inbox: Channel[object] = Channel("in", 100)
+    outbox: Channel[object] = Channel("out", 100)
+    batcher = Batcher(inbox, outbox, ctx, max_batch=4, max_delay_ms=300, pull=True)
+    batcher.start()
+    assert batcher.demand is not None
+    batcher.demand.set()  # the engine asks for a batch, then waits on its inbox (DetectorStage.before_get)
+    inbox.put(_frame("a", 0))
+    wait_for(lambda: batcher.counters.frames_in == 1, 30, "the frame taken into a batch")
+    ctx.discard.set()  # the stop deadline passes while the batch waits for company
+    wait_for(lambda: ctx.stream("a").dropped == 1, 30, "the waiting batch dropped at its delay bound")
+    inbox.put(END)
+    assert _collect(outbox, timeout=10) == []
+    batcher.join(10)
+    assert not batcher.is_alive()
+    assert ctx.stream("a").drop_reasons == {"stopped before processing": 1}
 
 
 def test_tracker_stage_uses_low_scores_for_identity_but_publishes_and_announces_only_confident_boxes() -> None:

@@ -205,5 +205,7 @@ class Batcher(Stage):
     def flush(self) -> None:
         if self._pending:
             batch, self._pending = Batch(self._pending), []
-            self._has_demand = False
-            self.emit(batch)
+            # The engine's request is used up only by a batch that reaches it: one dropped after the stop deadline
+            # leaves the engine waiting for it, and waiting for a new request here would hang the drain.
+            if self.emit(batch):
+                self._has_demand = False
