@@ -63,6 +63,7 @@ def main() -> None:
     frames = scene(args.objects, args.frames)
     rows = [("ours (ByteTracker)", time_ours(frames)), ("ours, fixed thresholds (adaptive=False)",
                                                          time_ours(frames, adaptive=False)),
+            ("ours, size gate (size_gate=13.8)", time_ours(frames, size_gate=13.8)),
             ("trackers ByteTrackTracker", time_baseline(frames))]
     print(f"\nupdate() with {args.objects} objects, {args.frames} frames (first 10 not timed):\n")
     print("| tracker | median ms | p90 ms | p99 ms |")

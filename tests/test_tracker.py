@@ -174,6 +174,45 @@ def test_re_identification_is_refused_when_a_neighbour_is_in_reach() -> None:
     assert first == -1 and later[0] not in (-1, tid, other[0])
 
 
+def _other_person_where_one_is_missed(tracker: ByteTracker) -> tuple[int, int, int]:
+    """A person (30 x 75 px) walks alone for 15 frames; in frame 15 their detection is missed and a smaller, farther
+    person's box (16 x 40) overlaps their predicted box (IoU 0.26); in frame 16 the first person is seen again.
+    -> (first person's id, id given to the other person in frame 15, id of the first person in frame 16)."""
+    x = lambda f: 100 + 4 * f  # noqa: E731
+    ids = [int(step(tracker, (box(x(f), 150, 30, 75), 0.9, PERSON), t=f / FPS, size=(640, 360))[0])
+           for f in range(15)]
+    assert ids[0] > 0 and set(ids) == {ids[0]}
+    other = int(step(tracker, (box(x(15) + 5, 130, 16, 40), 0.9, PERSON), t=15 / FPS, size=(640, 360))[0])
+    back = int(step(tracker, (box(x(16), 150, 30, 75), 0.9, PERSON), t=16 / FPS, size=(640, 360))[0])
+    return ids[0], other, back
+
+
+def test_size_gate_keeps_another_object_off_a_track_whose_detection_is_missing() -> None:
+    """``size_gate``: the other person's box is far too small for the track's Kalman filter, so it does not continue
+    the first person's track, which gets its own detection back in the next frame. Without the gate (default) the
+    other person takes the id for a frame -- the mix-up the gate exists for."""
+    tid, other, back = _other_person_where_one_is_missed(ByteTracker(frame_rate=FPS, size_gate=13.8))
+    assert other != tid and back == tid
+    tid, other, back = _other_person_where_one_is_missed(ByteTracker(frame_rate=FPS))
+    assert other == tid
+
+
+def test_size_gate_lets_a_box_clipped_at_the_image_border_continue_its_track() -> None:
+    """A person standing at the right border steps half out of view: their box, clipped at the border, is 17 px
+    wide instead of 30 -- far from what the filter expects, but a box touching the border says nothing about the
+    object's size, so the gate is not applied to it and the track goes on. Without the frame size the border is
+    unknown and the gate refuses the box."""
+    def step_out(size: tuple[int, int] | None) -> list[int]:
+        tracker = ByteTracker(frame_rate=FPS, size_gate=13.8)
+        ids = [int(step(tracker, (box(623, 150, 30, 75), 0.9, PERSON), t=f / FPS, size=size)[0]) for f in range(20)]
+        clipped = box(638, 150, 30, 75)
+        clipped[2] = 640.0
+        return ids + [int(step(tracker, (clipped, 0.9, PERSON), t=20 / FPS, size=size)[0])]
+    ids = step_out((640, 360))
+    assert ids[0] > 0 and set(ids) == {ids[0]}
+    assert step_out(None)[-1] != ids[0]
+
+
 def test_object_missing_beyond_the_buffer_gets_a_new_id() -> None:
     tracker = ByteTracker(frame_rate=FPS, track_buffer_s=1.0)
     for f in range(10):

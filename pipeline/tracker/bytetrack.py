@@ -13,7 +13,10 @@ Per update (one frame of one stream):
    the fixed ``high_thresh``.
 3. High-score detections are matched to all confirmed tracks -- tracked and lost -- by Hungarian assignment
    (``scipy.optimize.linear_sum_assignment``) on ``1 - IoU`` between predicted and detected boxes; pairs costing
-   more than ``match_thresh`` are refused.
+   more than ``match_thresh`` are refused. Optional (``size_gate`` > 0, off by default): a pair is also refused when
+   the detection's width and height are too far from the track's predicted ones for its Kalman filter (normalised
+   squared innovation of the two sizes above ``size_gate``), unless the detection touches the image border (a
+   clipped box says nothing about the object's size).
 4. Low-score detections (``keep_thresh <= score < high``, ``keep_thresh`` 0 by default: any score) are matched to
    the confirmed tracks left over that were tracked in the previous update or lost at most ``low_lost_s`` ago, gated
    by the stricter ``low_match_thresh``: they keep an occluded object's track alive (and an object whose score dips
@@ -248,6 +251,13 @@ class ByteTracker:
             tuning regimes' 0.4-0.9 with a few false positives and 1.7-3.4 with frequent ones; the lower value also
             catches the real-motion (MOT15) regime with 1.5 false positives per frame, where chains of weak births
             were most of ours' false-positive tracks (docs/tracking.md).
+        size_gate: size consistency in the first association: a high-score detection continues a confirmed track
+            only if the normalised squared innovation of its width and height under the track's Kalman filter
+            (2 degrees of freedom; measurement noise at least a pixel) is at most this -- another object of a
+            different size, or a part of this one, does not take over a track whose own detection is missing.
+            Detections within ``reid_border`` pixels of the image border (of ``update``'s frame size) are exempt:
+            clipped, their size says nothing. 0 (default): off; 13.8 (the chi-square 99.9 % point) is what was
+            measured (issue 14's eighth attempt, docs/tracking.md: real-motion IDF1 up, MOTA flat).
     """
 
     def __init__(
@@ -281,6 +291,7 @@ class ByteTracker:
         reid_buffer: float = 0.0,
         reid_lost_s: float = 0.5,
         reid_border: float = 2.0,
+        size_gate: float = 0.0,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
@@ -298,6 +309,8 @@ class ByteTracker:
             raise ValueError(f"reid_buffer must be >= 0, got {reid_buffer}")
         if reid_border < 0:
             raise ValueError(f"reid_border must be >= 0, got {reid_border}")
+        if size_gate < 0:
+            raise ValueError(f"size_gate must be >= 0, got {size_gate}")
         self.frame_rate = float(frame_rate)
         self.high_thresh = float(high_thresh)
         self.low_thresh = float(low_thresh)
@@ -326,6 +339,7 @@ class ByteTracker:
         self.reid_buffer = float(reid_buffer)
         self.reid_lost_s = float(reid_lost_s)
         self.reid_border = float(reid_border)
+        self.size_gate = float(size_gate)
         # Running score histograms (exponentially forgotten): scores of detections on established tracks (true
         # objects, mostly) and of detections left on no track (false positives, mostly). The adaptive thresholds
         # split them where the fewest detections fall on the wrong side.
@@ -414,9 +428,15 @@ class ByteTracker:
         # low-score detections down to `keep_thresh` (below `low_thresh` too) may continue a recent confirmed track
         low = np.flatnonzero((scores >= self.keep_thresh) & (scores < high_t))
 
-        # 1. high-score detections vs confirmed tracks (tracked and lost)
+        # 1. high-score detections vs confirmed tracks (tracked and lost), optionally size-consistent ones only
         rows = np.flatnonzero(self._state != _TENTATIVE)
-        high = _associate(iou[rows[:, None], high], rows, high, self.match_thresh, det_track, matched)
+        cand = iou[rows[:, None], high]
+        if self.size_gate > 0 and cand.size:
+            far = self._size_innovation(rows, boxes[high]) > self.size_gate
+            if frame_size is not None:
+                far[:, ~self._inside(boxes[high], frame_size)] = False
+            cand = np.where(far, -_FORBIDDEN, cand)
+        high = _associate(cand, rows, high, self.match_thresh, det_track, matched)
 
         # 2. low-score detections vs the unmatched tracks tracked in the previous update or lost for at most
         # `low_lost_s` (an object going behind an occluder is seen weakly before and after)
@@ -607,6 +627,20 @@ class ByteTracker:
         m[..., 0] += dt * m[..., 1]
         m[:, 2:, 0] = np.maximum(m[:, 2:, 0], 1.0)  # keep sizes positive
 
+    def _size_innovation(self, rows: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Normalised squared innovation [rows, boxes] of the detected width and height under each track's Kalman
+        filter (predicted variance plus measurement noise, the latter at least a pixel)."""
+        wh = _xyxy_to_cxcywh(boxes)[:, 2:]
+        mean = self._mean[rows, 2:, 0]
+        var = self._cov[rows, 2:, 0] + np.maximum(self.std_pos * mean, 1.0) ** 2
+        return (((wh[None, :, :] - mean[:, None, :]) ** 2) / var[:, None, :]).sum(axis=-1)
+
+    def _inside(self, boxes: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
+        """Boxes lying more than ``reid_border`` pixels inside the image border (the others may be clipped)."""
+        m = self.reid_border
+        return ((boxes[:, 0] > m) & (boxes[:, 1] > m) & (boxes[:, 2] < frame_size[0] - m)
+                & (boxes[:, 3] < frame_size[1] - m))
+
     @staticmethod
     def _scale(s: np.ndarray) -> np.ndarray:
         """Noise scale of each coordinate of boxes ``s`` [T, 4] (cx, cy, w, h): the width for cx and w, the height
@@ -670,8 +704,7 @@ class ByteTracker:
         if frame_size is not None:
             # an object last seen at the image border most likely left the view: a new object entering there (in
             # its widened box) is not re-identified as it; the birth still waits for its second detection
-            b, m = self._last_box[src], self.reid_border
-            inside = (b[:, 0] > m) & (b[:, 1] > m) & (b[:, 2] < frame_size[0] - m) & (b[:, 3] < frame_size[1] - m)
+            inside = self._inside(self._last_box[src], frame_size)
             one[np.flatnonzero(one)[~inside]] = False
             src = src[inside]
         heir[one] = self._id[src]
