@@ -213,6 +213,30 @@ def test_size_gate_lets_a_box_clipped_at_the_image_border_continue_its_track() -
     assert step_out(None)[-1] != ids[0]
 
 
+def _false_positive_then_missed(tracker: ByteTracker) -> tuple[int, int, int]:
+    """A person (30 x 75 px) walks right at 75 px/s for 20 frames; in frame 20 their detection is missed and a false
+    positive shifted 18 px to their right (0.9 their size) continues their track; they are missed for 3 more frames and
+    seen again on their path. -> (their id, the false positive's id, their id when seen again)."""
+    x = lambda f: 100 + 3 * f  # noqa: E731
+    ids = [int(step(tracker, (box(x(f), 150, 30, 75), 0.9, PERSON), t=f / FPS)[0]) for f in range(20)]
+    assert ids[0] > 0 and set(ids) == {ids[0]}
+    fp = int(step(tracker, (box(x(20) + 18, 150, 27, 67.5), 0.9, PERSON), t=20 / FPS)[0])
+    for f in range(21, 24):
+        step(tracker, t=f / FPS)
+    return ids[0], fp, int(step(tracker, (box(x(24), 150, 30, 75), 0.9, PERSON), t=24 / FPS)[0])
+
+
+def test_a_false_positive_on_a_track_does_not_send_its_prediction_away() -> None:
+    """The robust velocity update (``velocity_clip`` 2.5, an option): the false positive's large innovation moves the
+    box but changes the velocity only as much as a 2.5-std one would, so the person is found again under their id.
+    With the plain Kalman update (the default) the velocity jumps, the prediction runs ahead of the person, and they
+    become someone new."""
+    tid, fp, back = _false_positive_then_missed(ByteTracker(frame_rate=FPS, velocity_clip=2.5))
+    assert fp == tid and back == tid
+    tid, fp, back = _false_positive_then_missed(ByteTracker(frame_rate=FPS))
+    assert fp == tid and back != tid
+
+
 def test_object_missing_beyond_the_buffer_gets_a_new_id() -> None:
     tracker = ByteTracker(frame_rate=FPS, track_buffer_s=1.0)
     for f in range(10):
