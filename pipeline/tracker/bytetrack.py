@@ -647,7 +647,8 @@ class ByteTracker:
         filter (predicted variance plus measurement noise, the latter at least a pixel)."""
         wh = _xyxy_to_cxcywh(boxes)[:, 2:]
         mean = self._mean[rows, 2:, 0]
-        var = self._cov[rows, 2:, 0] + np.maximum(self.std_pos * mean, 1.0) ** 2
+        noise = np.maximum(self._measurement_std(self._mean[rows, :, 0])[:, 2:], 1.0)
+        var = self._cov[rows, 2:, 0] + noise ** 2
         return (((wh[None, :, :] - mean[:, None, :]) ** 2) / var[:, None, :]).sum(axis=-1)
 
     def _inside(self, boxes: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
@@ -655,6 +656,11 @@ class ByteTracker:
         m = self.reid_border
         return ((boxes[:, 0] > m) & (boxes[:, 1] > m) & (boxes[:, 2] < frame_size[0] - m)
                 & (boxes[:, 3] < frame_size[1] - m))
+
+    def _measurement_std(self, s: np.ndarray) -> np.ndarray:
+        """Measurement noise (std, pixels) of each coordinate of boxes ``s`` [T, 4] (cx, cy, w, h): ``std_pos`` of
+        the box size."""
+        return self.std_pos * self._scale(s)
 
     @staticmethod
     def _scale(s: np.ndarray) -> np.ndarray:
@@ -687,7 +693,7 @@ class ByteTracker:
         """Kalman update of ``rows`` with measured boxes (x1 y1 x2 y2)."""
         z = _xyxy_to_cxcywh(boxes)
         m, p = self._mean[rows], self._cov[rows]
-        r = (self.std_pos * self._scale(m[:, :, 0])) ** 2
+        r = self._measurement_std(m[:, :, 0]) ** 2
         p00, p01, p11 = p[..., 0], p[..., 1], p[..., 2]
         s = p00 + r
         k0, k1 = p00 / s, p01 / s
