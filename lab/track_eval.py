@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,36 +389,40 @@ PEER_GRID: dict[str, list[dict[str, Any]]] = {
 
 
 def regime_clips(regime: Any, *, seconds: float | None = None, tud_root: Path | None = None,
-                 mot15_root: Path | None = None) -> list[Clip]:
+                 mot_roots: Mapping[str, Path] | None = None) -> list[Clip]:
     """A regime's simulated sequences (lab/track_regimes.py) as clips."""
     from lab.track_regimes import simulate
 
-    return simulate(regime, seconds=seconds, tud_root=tud_root, mot15_root=mot15_root)
+    return simulate(regime, seconds=seconds, tud_root=tud_root, mot_roots=mot_roots)
 
 
-def available_regimes(regimes: Sequence[Any], mot15_root: Path | None = None) -> list[Any]:
-    """`regimes` without the MOT15 tuning regimes when their optional ground truth is absent (said in one log line:
-    it cannot be downloaded by the project, docs/tracking.md)."""
-    from lab.track_regimes import mot15_dir
+def available_regimes(regimes: Sequence[Any], mot_roots: Mapping[str, Path] | None = None) -> list[Any]:
+    """`regimes` without the MOT15 / MOT17 tuning regimes whose optional ground truth is absent (said in one log
+    line per set: the project cannot download it, docs/tracking.md)."""
+    from lab.track_regimes import mot_dir
 
-    root = mot15_root or mot15_dir()
-    mot15 = [r for r in regimes if r.mot15]
-    if not mot15 or root.is_dir():
-        return list(regimes)
-    log.warning("%s not found: the %d MOT15 real-motion tuning regimes are left out (set RPN_MOT15_DIR; "
-                "docs/tracking.md)", root, len(mot15))
-    return [r for r in regimes if not r.mot15]
+    out = list(regimes)
+    for dataset in dict.fromkeys(r.mot for r in regimes if r.mot):
+        root = (mot_roots or {}).get(dataset) or mot_dir(dataset)
+        if root.is_dir():
+            continue
+        n = sum(r.mot == dataset for r in out)
+        log.warning("%s not found: the %d %s real-motion tuning regimes are left out (set RPN_%s_DIR; "
+                    "docs/tracking.md)", root, n, dataset, dataset)
+        out = [r for r in out if r.mot != dataset]
+    return out
 
 
 def regime_scores(
     regimes: Sequence[Any], trackers: Sequence[str] = REGIME_TRACKERS, *, seconds: float | None = None,
-    params: dict[str, dict[str, Any]] | None = None, tud_root: Path | None = None, mot15_root: Path | None = None,
+    params: dict[str, dict[str, Any]] | None = None, tud_root: Path | None = None,
+    mot_roots: Mapping[str, Path] | None = None,
 ) -> list[Score]:
     """Every tracker on every regime (all on the very same simulated detections); Score.condition = regime name."""
     params = params or {}
     out = []
     for regime in regimes:
-        clips = regime_clips(regime, seconds=seconds, tud_root=tud_root, mot15_root=mot15_root)
+        clips = regime_clips(regime, seconds=seconds, tud_root=tud_root, mot_roots=mot_roots)
         for name in trackers:
             out.append(score(clips, name, 1, regime.name, params.get(name)))
         log.info("%s: %s", regime.name, "  ".join(f"{s.tracker} {100 * s.MOTA:.1f}/{100 * s.IDF1:.1f}"
@@ -427,9 +431,9 @@ def regime_scores(
 
 
 def tune_peers(regimes: Sequence[Any], *, seconds: float | None = None,
-               mot15_root: Path | None = None) -> dict[str, dict[str, Any]]:
+               mot_roots: Mapping[str, Path] | None = None) -> dict[str, dict[str, Any]]:
     """Grid search (:data:`PEER_GRID`) of each peer on the given regimes -- pass the ``tune`` ones only."""
-    clips = [(r.name, regime_clips(r, seconds=seconds, mot15_root=mot15_root)) for r in regimes if r.split == "tune"]
+    clips = [(r.name, regime_clips(r, seconds=seconds, mot_roots=mot_roots)) for r in regimes if r.split == "tune"]
     best: dict[str, dict[str, Any]] = {}
     for peer, grid in PEER_GRID.items():
         results = []
@@ -457,7 +461,8 @@ def regime_report(scores: Sequence[Score], regimes: Sequence[Any], tie: float = 
     names = list(dict.fromkeys(s.tracker for s in scores))
     peers = [n for n in names if not n.startswith("ours")]
     groups = [("tuning", [r for r in regimes if r.split == "tune"]),
-              ("tuning real motion (MOT15)", [r for r in regimes if r.split == "tune" and r.mot15]),
+              ("tuning real motion (MOT15)", [r for r in regimes if r.split == "tune" and r.mot == "MOT15"]),
+              ("tuning real motion (MOT17)", [r for r in regimes if r.split == "tune" and r.mot == "MOT17"]),
               ("held-out", [r for r in regimes if r.split != "tune"]),
               ("held-out real motion (TUD)", [r for r in regimes if r.split != "tune" and r.tud])]
     lines = ["| regime | split | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
@@ -531,6 +536,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mot15-dir", type=Path, default=None,
                    help="the optional MOT15 tuning ground truth, <SEQ>/gt/gt.txt + seqinfo.ini (default "
                         "$RPN_MOT15_DIR or ~/.cache/rpn-pipeline/mot15; absent: its tuning regimes are left out)")
+    p.add_argument("--mot17-dir", type=Path, default=None,
+                   help="the optional MOT17 tuning ground truth, <SEQ>/gt/gt.txt + seqinfo.ini (default "
+                        "$RPN_MOT17_DIR or ~/.cache/rpn-pipeline/mot17; absent: its tuning regimes are left out)")
     p.add_argument("--tune-peers", action="store_true",
                    help="grid-search the peers (PEER_GRID) on the tuning regimes first and use those settings")
     p.add_argument("--seeds", default=DEFAULT_SEEDS,
@@ -587,29 +595,32 @@ def regimes_from_args(args: argparse.Namespace) -> tuple[str, bool]:
     """The regime matrix run of `eval-tracking`; returns (report, acceptance verdict)."""
     from lab.track_regimes import REGIMES
 
-    regimes = available_regimes(select_regimes(args.regimes), args.mot15_dir)
+    mot_roots = {k: v for k, v in (("MOT15", args.mot15_dir), ("MOT17", args.mot17_dir)) if v is not None}
+    regimes = available_regimes(select_regimes(args.regimes), mot_roots)
     if not regimes:
-        _usage_error(f"--regimes {args.regimes!r}: only MOT15 regimes, and their ground truth is absent (set "
-                     "RPN_MOT15_DIR or --mot15-dir)")
+        _usage_error(f"--regimes {args.regimes!r}: only MOT15 / MOT17 regimes, and their ground truth is absent "
+                     "(set RPN_MOT15_DIR / RPN_MOT17_DIR or --mot15-dir / --mot17-dir)")
     names = [n.strip() for n in (args.trackers or ",".join(REGIME_TRACKERS)).split(",") if n.strip()]
     params: dict[str, dict[str, Any]] = {}
     if args.tune_peers:
-        tune = available_regimes([r for r in REGIMES if r.split == "tune"], args.mot15_dir)
-        params = tune_peers(tune, seconds=args.seconds, mot15_root=args.mot15_dir)
+        tune = available_regimes([r for r in REGIMES if r.split == "tune"], mot_roots)
+        params = tune_peers(tune, seconds=args.seconds, mot_roots=mot_roots)
         log.info("peer settings from the tuning regimes: %s", params)
     try:
         scores = regime_scores(regimes, names, seconds=args.seconds, params=params, tud_root=args.tud_dir,
-                               mot15_root=args.mot15_dir)
-    except FileNotFoundError as e:  # TUD ground truth not fetched, or a MOT15 sequence missing
+                               mot_roots=mot_roots)
+    except FileNotFoundError as e:  # TUD ground truth not fetched, or a MOT15 / MOT17 sequence missing
         _usage_error(str(e))
     if args.json:
         args.json.write_text(json.dumps([asdict(s) for s in scores], indent=2))
     text, ok = regime_report(scores, regimes)
     tuned = params or {k: v for k, v in TUNED_PARAMS.items() if k in names}
     head = ("Tracking regime matrix (lab/track_regimes.py): simulated detectors on synthetic trajectories and on real "
-            "pedestrian trajectories (held out: TUD-Campus, TUD-Stadtmitte; tuning: MOT15 training sequences, when "
-            "present); all trackers get the same detections. "
+            "pedestrian trajectories (held out: TUD-Campus, TUD-Stadtmitte; tuning: MOT15 and MOT17 training "
+            "sequences, when present); all trackers get the same detections. "
             f"Peers' tuned settings (from the tuning regimes only): {json.dumps(tuned)}\n\n")
+    if not any(r.split != "tune" for r in regimes):  # nothing held out was run: nothing to judge
+        return head + text + "\n\nAcceptance: not judged (no held-out regime in this run)", False
     return head + text + f"\n\nAcceptance (ours >= best peer in every held-out regime, ahead on average): " \
         f"{'PASS' if ok else 'FAIL'}", ok
 

@@ -11,9 +11,14 @@ rates, frame size, frame rate, dropped frames, crowd density, motion speed -- ap
   ``make tud-data`` fetches the wheel to ``$RPN_TUD_DIR`` (default ``~/.cache/rpn-pipeline/tud``) and unpacks the two
   files; they are never committed. (Only the files are read: motmetrics' code breaks on NumPy 2.)
 
+* **Real pedestrian trajectories for tuning** (optional local data, never committed or fetched: their licence is
+  non-commercial): the MOT15 training sequences but TUD (``$RPN_MOT15_DIR``) and the seven MOT17 training sequences
+  (``$RPN_MOT17_DIR``), MOTChallenge layout ``<SEQ>/gt/gt.txt`` + ``<SEQ>/seqinfo.ini`` (docs/tracking.md).
+
 Visibility of each ground-truth box is computed from box geometry: the part of the box inside the frame, minus the
-parts covered by boxes in front (synthetic: the scene's depth order; TUD: the box whose bottom edge is lower is
-nearer the camera). Boxes less than 20 % visible are "ignored" in scoring (MOTChallenge distractors).
+parts covered by boxes in front (synthetic: the scene's depth order; TUD and MOT15: the box whose bottom edge is
+lower is nearer the camera); MOT17 annotates its own, occluding objects included. Boxes less than 20 % visible are
+"ignored" in scoring (MOTChallenge distractors).
 
 **The split** (:data:`REGIMES`, ``split``): trackers -- ours and the peers' grid search -- are tuned on the
 ``tune`` regimes only; every ``held-out`` regime, and all real-motion (TUD) sequences, are only ever reported.
@@ -25,7 +30,7 @@ import configparser
 import contextlib
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,8 +38,8 @@ import numpy as np
 
 from lab.track_clips import Clip
 
-__all__ = ["BASE_FPS", "MOT15_SEQUENCES", "REGIMES", "Detector", "Regime", "Truth", "mot15_dir", "mot15_truth",
-           "mot_truth", "simulate", "synth_truth", "tud_dir", "tud_truth"]
+__all__ = ["BASE_FPS", "MOT15_SEQUENCES", "MOT17_SEQUENCES", "MOT_SEQUENCES", "REGIMES", "Detector", "Regime",
+           "Truth", "mot_dir", "mot_truth", "motchallenge_truth", "simulate", "synth_truth", "tud_dir", "tud_truth"]
 
 BASE_FPS = 30.0  # the synthetic simulation's step rate; lower frame rates keep every k-th step
 TUD_SEQUENCES = ("TUD-Campus", "TUD-Stadtmitte")
@@ -42,6 +47,13 @@ TUD_SEQUENCES = ("TUD-Campus", "TUD-Stadtmitte")
 #: which are held out (the TUD regimes) and never read from the MOT15 directory.
 MOT15_SEQUENCES = ("ADL-Rundle-6", "ADL-Rundle-8", "ETH-Bahnhof", "ETH-Pedcross2", "ETH-Sunnyday", "KITTI-13",
                    "KITTI-17", "PETS09-S2L1", "Venice-2")
+#: The MOT17 training sequences (one ground truth per sequence: MOT17-02-FRCNN, -DPM and -SDP share it).
+MOT17_SEQUENCES = ("MOT17-02", "MOT17-04", "MOT17-05", "MOT17-09", "MOT17-10", "MOT17-11", "MOT17-13")
+#: The optional MOTChallenge tuning sets and their sequences.
+MOT_SEQUENCES = {"MOT15": MOT15_SEQUENCES, "MOT17": MOT17_SEQUENCES}
+#: MOT16/17 ground-truth classes a person detector fires on: pedestrian (1, the one scored), person on a vehicle (2),
+#: static person (7), distractor (8), reflection (12) -- scored as distractors. Vehicles and occluders are left out.
+MOT17_PERSON_CLASSES = (1, 2, 7, 8, 12)
 IGNORE_VISIBILITY = 0.2
 
 
@@ -143,31 +155,43 @@ def tud_dir() -> Path:
     return Path(os.environ.get("RPN_TUD_DIR", Path.home() / ".cache" / "rpn-pipeline" / "tud"))
 
 
-def mot15_dir() -> Path:
-    """Where the optional MOT15 tuning ground truth lies (``$RPN_MOT15_DIR``, default ~/.cache/rpn-pipeline/mot15):
-    ``<SEQ>/gt/gt.txt`` and ``<SEQ>/seqinfo.ini`` per sequence, MOTChallenge layout (docs/tracking.md)."""
-    return Path(os.environ.get("RPN_MOT15_DIR", Path.home() / ".cache" / "rpn-pipeline" / "mot15"))
+def mot_dir(dataset: str) -> Path:
+    """Where an optional MOTChallenge tuning set lies (``dataset`` "MOT15" or "MOT17": ``$RPN_MOT15_DIR`` /
+    ``$RPN_MOT17_DIR``, default ~/.cache/rpn-pipeline/mot15 or mot17): ``<SEQ>/gt/gt.txt`` and
+    ``<SEQ>/seqinfo.ini`` per sequence, MOTChallenge layout (docs/tracking.md)."""
+    return Path(os.environ.get(f"RPN_{dataset}_DIR", Path.home() / ".cache" / "rpn-pipeline" / dataset.lower()))
 
 
-def mot_truth(gt_path: Path, name: str, *, fps: float, width: int, height: int, frames: int | None = None) -> Truth:
+def mot_truth(gt_path: Path, name: str, *, fps: float, width: int, height: int, frames: int | None = None,
+              classes: bool = False) -> Truth:
     """Ground truth of one sequence from a MOTChallenge 2D ``gt.txt`` (frame, id, x, y, w, h, conf, ...; frames
     from 1), all label 1 = person. Boxes are clipped to the frame; visibility from geometry (the box whose bottom
     edge is lower is nearer the camera). Rows with conf 0 (MOTChallenge: to be ignored) are scored as distractors
     (``Truth.ignored``); the simulated detector still sees them. ``frames``: the sequence's length, when trailing
-    frames have no ground truth (default: up to the last frame with some)."""
+    frames have no ground truth (default: up to the last frame with some). ``classes``: MOT16/17 rows (..., conf,
+    class, visibility): only :data:`MOT17_PERSON_CLASSES` are kept, all but pedestrians scored as distractors, and
+    the file's visibility is used."""
     if not gt_path.is_file():
         raise FileNotFoundError(f"{gt_path}: ground truth not found")
     raw = np.loadtxt(gt_path, delimiter=",", ndmin=2)
-    if raw.shape[0] == 0 or raw.shape[1] < 6:
-        raise ValueError(f"{gt_path}: not MOTChallenge gt rows (frame, id, x, y, w, h, ...)")
+    if raw.shape[0] == 0 or raw.shape[1] < (9 if classes else 6):
+        raise ValueError(f"{gt_path}: not MOTChallenge gt rows (frame, id, x, y, w, h, "
+                         f"{'conf, class, visibility' if classes else '...'})")
+    if classes:
+        raw = raw[np.isin(raw[:, 7].astype(np.int64), MOT17_PERSON_CLASSES)]
     frame = raw[:, 0].astype(np.int64) - 1
     full = np.column_stack([raw[:, 2], raw[:, 3], raw[:, 2] + raw[:, 4], raw[:, 3] + raw[:, 5]])
     clipped = np.clip(full, 0, [width, height, width, height])
-    vis = np.zeros(len(raw))
-    for t in np.unique(frame):
-        sel = np.flatnonzero(frame == t)
-        vis[sel] = _visibility(full[sel], clipped[sel], full[sel, 3])  # lower bottom edge = nearer
+    if classes:
+        vis = np.clip(raw[:, 8], 0.0, 1.0)
+    else:
+        vis = np.zeros(len(raw))
+        for t in np.unique(frame):
+            sel = np.flatnonzero(frame == t)
+            vis[sel] = _visibility(full[sel], clipped[sel], full[sel, 3])  # lower bottom edge = nearer
     ignored = raw[:, 6] == 0 if raw.shape[1] > 6 else np.zeros(len(raw), bool)
+    if classes:
+        ignored |= raw[:, 7] != 1
     order = np.lexsort((raw[:, 1], frame))
     return Truth(name, fps, max(frames or 0, int(frame.max()) + 1), width, height, frame[order],
                  raw[order, 1].astype(np.int64), clipped[order], np.ones(len(raw), np.int64), vis[order],
@@ -182,22 +206,27 @@ def tud_truth(name: str, root: Path | None = None) -> Truth:
     return mot_truth(path, name, fps=25.0, width=640, height=480)
 
 
-def mot15_truth(name: str, root: Path | None = None) -> Truth:
-    """One MOT15 training sequence from ``root`` (default :func:`mot15_dir`): frame size and rate from its
-    ``seqinfo.ini``. TUD sequences are refused: they are held out, and come from motmetrics (:func:`tud_truth`)."""
+def motchallenge_truth(dataset: str, name: str, root: Path | None = None) -> Truth:
+    """One training sequence of an optional MOTChallenge tuning set (``dataset`` "MOT15" or "MOT17") from ``root``
+    (default :func:`mot_dir`); MOT17's may also lie under a detector's name (``MOT17-02-FRCNN``: same ground
+    truth). Frame size and rate from its ``seqinfo.ini``. TUD sequences are refused: they are held out, and come
+    from motmetrics (:func:`tud_truth`)."""
     if name.upper().startswith("TUD"):
-        raise ValueError(f"{name}: TUD sequences are held out and never read from the MOT15 tuning set")
-    seq = (root or mot15_dir()) / name
+        raise ValueError(f"{name}: TUD sequences are held out and never read from the {dataset} tuning set")
+    root = root or mot_dir(dataset)
+    seq = next((root / n for n in (name, f"{name}-FRCNN", f"{name}-SDP", f"{name}-DPM") if (root / n).is_dir()),
+               root / name)
     ini = configparser.ConfigParser()
     if not ini.read(seq / "seqinfo.ini") or "Sequence" not in ini:
-        raise FileNotFoundError(f"{seq / 'seqinfo.ini'}: MOT15 sequence info not found (set RPN_MOT15_DIR)")
+        raise FileNotFoundError(f"{seq / 'seqinfo.ini'}: {dataset} sequence info not found (set RPN_{dataset}_DIR)")
     info = ini["Sequence"]
     try:
         fps, width, height = float(info["frameRate"]), int(info["imWidth"]), int(info["imHeight"])
         frames = int(info["seqLength"]) if "seqLength" in info else None
     except (KeyError, ValueError) as e:
         raise ValueError(f"{seq / 'seqinfo.ini'}: needs frameRate, imWidth and imHeight ({e})") from e
-    return mot_truth(seq / "gt" / "gt.txt", name, fps=fps, width=width, height=height, frames=frames)
+    return mot_truth(seq / "gt" / "gt.txt", name, fps=fps, width=width, height=height, frames=frames,
+                     classes=dataset != "MOT15")
 
 
 # --------------------------------------------------------------------------- simulated detector
@@ -285,7 +314,7 @@ class Regime:
     detector: Detector = field(default_factory=Detector)
     seeds: tuple[int, ...] = ()  # synthetic scenes (ignored when `tud`)
     tud: bool = False  # real pedestrian trajectories (always held out)
-    mot15: bool = False  # real trajectories of the MOT15 training sequences but TUD (tuning; optional local data)
+    mot: str = ""  # "MOT15" / "MOT17": real trajectories of that MOTChallenge training set (tuning; optional data)
     width: int = 640
     height: int = 360
     seconds: float = 10.0  # synthetic sequences' length (real sequences are taken whole)
@@ -297,6 +326,16 @@ class Regime:
 _TUNE_SEEDS = (2000, 2001, 2002)
 _HELD_SEEDS = (3000, 3001, 3002)
 _D = Detector()
+
+#: The detector families of the real-motion tuning regimes (the held-out TUD regimes' families at other values).
+_REAL_MOTION_TUNING = (
+    ("real motion", _D),
+    ("under-confident, jitter 4%", replace(_D, score=0.5, score_std=0.1, fp_score=0.25, fp_score_std=0.08,
+                                           occlusion_score=0.2, jitter=0.04)),
+    ("over-confident, half frame rate", replace(_D, score=0.9, score_std=0.05, fp_score=0.75, fp_score_std=0.1,
+                                                occlusion_score=0.15, subsample=2)),
+    ("occlusion misses, FPs", replace(_D, occlusion_miss=1.2, occlusion_score=0.4, fp_rate=1.5, fp_score=0.45)),
+)
 
 #: The regime matrix. ``tune``: the only regimes any tracker's settings were chosen on (ours by hand, the peers by
 #: :data:`lab.track_eval.PEER_GRID`). ``held-out``: other seeds, and each noise axis beyond the tuning range.
@@ -337,17 +376,11 @@ REGIMES: tuple[Regime, ...] = (
     Regime("tune: over-confident, 15 fps", "tune", replace(_D, score=0.9, score_std=0.05, fp_score=0.7,
                                                            fp_score_std=0.1, occlusion_score=0.15, fp_rate=0.8,
                                                            fps=15.0), _TUNE_SEEDS),
-    # -- tuning, real motion (issue 14, sixth attempt): the MOT15 training sequences but TUD, with the four detector
-    # families of the held-out TUD regimes at other values; present only where $RPN_MOT15_DIR holds the data
-    Regime("tune: MOT15 real motion", "tune", _D, mot15=True),
-    Regime("tune: MOT15 under-confident, jitter 4%", "tune",
-           replace(_D, score=0.5, score_std=0.1, fp_score=0.25, fp_score_std=0.08, occlusion_score=0.2,
-                   jitter=0.04), mot15=True),
-    Regime("tune: MOT15 over-confident, half frame rate", "tune",
-           replace(_D, score=0.9, score_std=0.05, fp_score=0.75, fp_score_std=0.1, occlusion_score=0.15,
-                   subsample=2), mot15=True),
-    Regime("tune: MOT15 occlusion misses, FPs", "tune",
-           replace(_D, occlusion_miss=1.2, occlusion_score=0.4, fp_rate=1.5, fp_score=0.45), mot15=True),
+    # -- tuning, real motion (issue 14, sixth and ninth attempts): the MOT15 training sequences but TUD, and the MOT17
+    # training sequences, each with the four detector families of the held-out TUD regimes at other values; present
+    # only where $RPN_MOT15_DIR / $RPN_MOT17_DIR hold the data
+    *(Regime(f"tune: {mot} {name}", "tune", detector, mot=mot) for mot in MOT_SEQUENCES
+      for name, detector in _REAL_MOTION_TUNING),
     # -- held out: scores
     Regime("calibrated", "held-out", replace(_D, score=0.7, score_std=0.15, fp_score=0.35, fp_score_std=0.15),
            _HELD_SEEDS),
@@ -388,12 +421,13 @@ REGIMES: tuple[Regime, ...] = (
 
 
 def regime_truths(regime: Regime, *, seconds: float | None = None, seeds: Sequence[int] | None = None,
-                  tud_root: Path | None = None, mot15_root: Path | None = None) -> list[Truth]:
+                  tud_root: Path | None = None, mot_roots: Mapping[str, Path] | None = None) -> list[Truth]:
     """The ground-truth sequences of a regime."""
     if regime.tud:
         return [tud_truth(n, tud_root) for n in TUD_SEQUENCES]
-    if regime.mot15:  # whole sequences (about 3 s per tracker for the 9): `seconds` shortens synthetic ones only
-        return [mot15_truth(n, mot15_root) for n in MOT15_SEQUENCES]
+    if regime.mot:  # whole sequences (3-5 s per tracker per set): `seconds` shortens synthetic ones only
+        root = (mot_roots or {}).get(regime.mot)
+        return [motchallenge_truth(regime.mot, n, root) for n in MOT_SEQUENCES[regime.mot]]
     return [synth_truth(s, width=regime.width, height=regime.height, seconds=seconds or regime.seconds,
                         max_objects=regime.max_objects, speed=regime.speed)
             for s in (regime.seeds if seeds is None else seeds)]
@@ -406,10 +440,10 @@ def _ignored(truth: Truth) -> np.ndarray:
 
 
 def simulate(regime: Regime, *, seconds: float | None = None, seeds: Sequence[int] | None = None,
-             tud_root: Path | None = None, mot15_root: Path | None = None) -> list[Clip]:
+             tud_root: Path | None = None, mot_roots: Mapping[str, Path] | None = None) -> list[Clip]:
     """A regime's sequences with its simulated detector applied (``draws`` times each)."""
     out = []
-    truths = regime_truths(regime, seconds=seconds, seeds=seeds, tud_root=tud_root, mot15_root=mot15_root)
+    truths = regime_truths(regime, seconds=seconds, seeds=seeds, tud_root=tud_root, mot_roots=mot_roots)
     for i, truth in enumerate(t for t in truths for _ in range(regime.draws)):
         # the whole name seeds the detector: regimes sharing a prefix ("tune: ...", "jitter ...") get their own draws
         seed = zlib.crc32(regime.name.encode()) % 100_000 * 100 + i

@@ -21,10 +21,11 @@ from lab.track_eval import (
 )
 from lab.track_regimes import (
     MOT15_SEQUENCES,
+    MOT17_SEQUENCES,
     REGIMES,
     Detector,
     Regime,
-    mot15_truth,
+    motchallenge_truth,
     synth_truth,
     tud_dir,
     tud_truth,
@@ -66,11 +67,12 @@ def test_tuning_regimes_span_every_family_at_other_values() -> None:
         assert not held_values & tune_values, axis  # tuned on other values than those reported
     assert not {(r.detector, r.width, r.height, r.max_objects, r.speed) for r in tune} & \
         {(r.detector, r.width, r.height, r.max_objects, r.speed) for r in held}
-    # real motion: the MOT15 tuning regimes cover the held-out TUD regimes' detector families, at other values
-    # (the base detector aside, which every family of the matrix starts from)
-    mot15 = {r.detector for r in tune if r.mot15}
+    # real motion: the MOT15 and the MOT17 tuning regimes each cover the held-out TUD regimes' detector families, at
+    # other values (the base detector aside, which every family of the matrix starts from)
     tud = {r.detector for r in REGIMES if r.tud}
-    assert len(mot15) == len(tud) == 4 and mot15 & tud == {base}
+    for dataset in ("MOT15", "MOT17"):
+        real = {r.detector for r in tune if r.mot == dataset}
+        assert len(real) == len(tud) == 4 and real & tud == {base}, dataset
 
 
 def _write_mot_sequence(root, name: str, rows: list[str], *, fps: int = 14, size: tuple[int, int] = (640, 480),
@@ -92,14 +94,38 @@ def test_mot15_sequences_load_with_their_frame_size_and_rate(tmp_path) -> None: 
         "2,3,110,110,40,100,1,-1,-1,-1",  # lower bottom edge: in front of id 2
         "3,4,300,200,20,50,0,-1,-1,-1",  # to be ignored
     ], fps=14, size=(640, 480), length=6)
-    truth = mot15_truth("ETH-Sunnyday", tmp_path)
+    truth = motchallenge_truth("MOT15", "ETH-Sunnyday", tmp_path)
     assert (truth.fps, truth.width, truth.height, truth.frames) == (14.0, 640, 480, 6)
     assert truth.frame.tolist() == [0, 0, 1, 1, 2] and truth.ids.tolist() == [1, 2, 2, 3, 4]
     assert truth.boxes[0].tolist() == [600, 100, 640, 220] and truth.visibility[0] == pytest.approx(40 / 60)
     assert truth.visibility[2] < 0.5 and truth.visibility[3] == 1.0
     assert truth.ignored is not None and truth.ignored.tolist() == [False] * 4 + [True]
     with pytest.raises(FileNotFoundError, match="Venice-2"):
-        mot15_truth("Venice-2", tmp_path)
+        motchallenge_truth("MOT15", "Venice-2", tmp_path)
+
+
+def test_mot17_sequences_keep_people_only_and_use_the_annotated_visibility(tmp_path) -> None:  # noqa: ANN001
+    """MOT17 rows carry a class and a visibility: pedestrians are scored, static people, people on vehicles,
+    distractors and reflections are distractors (a person detector fires on them), vehicles and occluders are left
+    out; visibility is the annotated one (occlusion by a car counts). A detector-named directory is found too."""
+    _write_mot_sequence(tmp_path, "MOT17-05-FRCNN", [
+        "1,1,100,100,40,100,1,1,0.9",
+        "1,2,300,100,40,100,1,7,1",  # static person: a distractor
+        "1,3,200,200,80,60,0,3,1",  # a car: not a person, left out
+        "2,1,104,100,40,100,1,1,0.15",  # behind a car: under 20 % visible
+        "2,4,400,300,40,100,0,1,0.6",  # marked to be ignored
+    ], fps=14, size=(640, 480), length=3)
+    truth = motchallenge_truth("MOT17", "MOT17-05", tmp_path)
+    assert truth.name == "MOT17-05" and (truth.fps, truth.frames) == (14.0, 3)
+    assert truth.ids.tolist() == [1, 2, 1, 4] and truth.visibility.tolist() == [0.9, 1.0, 0.15, 0.6]
+    assert truth.ignored is not None and truth.ignored.tolist() == [False, True, False, True]
+    for i, name in enumerate(n for n in MOT17_SEQUENCES if n != "MOT17-05"):
+        _write_mot_sequence(tmp_path, name, [f"{f},{i + 1},{10 * f},50,30,80,1,1,1" for f in range(1, 6)], fps=30)
+    regime = next(r for r in REGIMES if r.mot == "MOT17")
+    clips = regime_clips(regime, mot_roots={"MOT17": tmp_path})
+    assert [c.name for c in clips] == list(MOT17_SEQUENCES)
+    people = clips[MOT17_SEQUENCES.index("MOT17-05")]
+    assert people.fps == 14.0 and people.gt_ids.tolist() == [1, 2, 1, 4]  # the car is no ground truth
 
 
 def test_tud_is_never_read_from_the_mot15_tuning_set(tmp_path) -> None:  # noqa: ANN001
@@ -109,19 +135,25 @@ def test_tud_is_never_read_from_the_mot15_tuning_set(tmp_path) -> None:  # noqa:
     for i, name in enumerate((*MOT15_SEQUENCES, "TUD-Campus")):
         _write_mot_sequence(tmp_path, name, [f"{f},{i + 1},{10 * f},50,30,80,1,-1,-1,-1" for f in range(1, 6)])
     with pytest.raises(ValueError, match="held out"):
-        mot15_truth("TUD-Campus", tmp_path)
-    regime = next(r for r in REGIMES if r.mot15)
-    clips = regime_clips(regime, mot15_root=tmp_path)
+        motchallenge_truth("MOT15", "TUD-Campus", tmp_path)
+    regime = next(r for r in REGIMES if r.mot == "MOT15")
+    clips = regime_clips(regime, mot_roots={"MOT15": tmp_path})
     assert [c.name for c in clips] == list(MOT15_SEQUENCES)
-    assert all(r.split == "tune" for r in REGIMES if r.mot15)
+    assert all(r.split == "tune" for r in REGIMES if r.mot)
 
 
-def test_absent_mot15_data_leaves_its_regimes_out(tmp_path, caplog) -> None:  # noqa: ANN001
+def test_absent_mot_data_leaves_its_regimes_out(tmp_path, caplog) -> None:  # noqa: ANN001
+    """Each optional real-motion tuning set is left out on its own, in one log line, when its directory is absent."""
     with caplog.at_level("WARNING", logger="lab.track_eval"):
-        kept = available_regimes(REGIMES, tmp_path / "absent")
-    assert [r.name for r in kept] == [r.name for r in REGIMES if not r.mot15]
+        kept = available_regimes(REGIMES, {"MOT15": tmp_path / "absent", "MOT17": tmp_path})
+    assert [r.name for r in kept] == [r.name for r in REGIMES if r.mot != "MOT15"]
     assert len(caplog.records) == 1 and "MOT15" in caplog.records[0].getMessage()
-    assert available_regimes(REGIMES, tmp_path) == list(REGIMES)  # present: all of them
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lab.track_eval"):
+        kept = available_regimes(REGIMES, {"MOT15": tmp_path / "absent", "MOT17": tmp_path / "absent"})
+    assert [r.name for r in kept] == [r.name for r in REGIMES if not r.mot]
+    assert ["MOT15" in m and "MOT17" in n for m, n in [[r.getMessage() for r in caplog.records]]] == [True]
+    assert available_regimes(REGIMES, {"MOT15": tmp_path, "MOT17": tmp_path}) == list(REGIMES)  # present: all
     parser = argparse.ArgumentParser()
     add_args(parser)
     with pytest.raises(SystemExit) as stop:  # nothing left to run: a usage error, not an empty report
