@@ -213,7 +213,9 @@ class ByteTracker:
             (intersection over its own area) starts no track (0 or >= 1: off).
         std_pos: measurement noise, as a fraction of the box size (width for x and w, height for y and h).
         std_pos_process: process noise on position, fraction of box size per sqrt(second).
-        std_vel_process: process noise on velocity, fraction of box size per second per sqrt(second).
+        std_vel_process: process noise on velocity, fraction of box size per second per sqrt(second). 0.3:
+            walking people keep their velocity (issue 14, ninth attempt: 1.0 before, chosen without real
+            trajectories; docs/tracking.md).
         std_vel_init: initial velocity uncertainty, fraction of box size per second.
         adaptive: derive the high / new-track / instant-confirmation thresholds from the observed scores (see the
             module docstring; :meth:`thresholds` gives the current ones).
@@ -285,7 +287,7 @@ class ByteTracker:
         duplicate_ioa: float = 0.8,
         std_pos: float = 1 / 20,
         std_pos_process: float = 0.27,
-        std_vel_process: float = 1.0,
+        std_vel_process: float = 0.3,
         std_vel_init: float = 2.0,
         adaptive: bool = True,
         low_lost_s: float = 0.5,
