@@ -42,11 +42,11 @@ DEFAULT_CROWD_SEEDS = "1003-1004"
 DEFAULT_CROWD_OBJECTS = 24
 DEFAULT_TRACKERS = ("ours", "bytetrack", "bytetrack-tuned", "ocsort", "ocsort-tuned")
 #: Peers at their best setting on the ``tune`` regimes of the regime matrix (lab/track_regimes.py: the 20 synthetic
-#: ones at 5 s per sequence and the 4 MOT15 real-motion ones, issue 14's sixth attempt), found by ``eval-tracking
-#: --tune-peers --seconds 5`` over :data:`PEER_GRID` (best mean of MOTA and IDF1; ByteTrack scores the same,
-#: 81.79-81.80, at activation 0.2 or 0.3 and high 0.1, 0.2 or 0.4 -- high 0.1 won by 0.01, it was 0.4 on the 20
-#: synthetic regimes; OC-SORT 79.17 at high 0.1 against 79.14 at 0.2; BoT-SORT 78.55 at activation 0.5 against
-#: 78.50 at 0.3). ``bytetrack``, ``ocsort`` and ``botsort`` are the package defaults.
+#: ones at 5 s per sequence and the 8 real-motion ones, MOT15 and MOT17; issue 14's ninth attempt), found by
+#: ``eval-tracking --tune-peers --seconds 5`` over :data:`PEER_GRID` (best mean of MOTA and IDF1; ByteTrack 78.19 at
+#: activation 0.2 and high 0.1 against 78.18 at 0.3 / 0.1 and 0.2 / 0.2; OC-SORT 76.05 at high 0.1 against 76.02 at
+#: 0.2; BoT-SORT 75.60 at activation 0.5 and high 0.2 against 75.54 at 0.3 / 0.2). The same settings won on the 24
+#: tuning regimes before MOT17 (sixth attempt). ``bytetrack``, ``ocsort`` and ``botsort`` are the package defaults.
 TUNED_PARAMS: dict[str, dict[str, Any]] = {
     "bytetrack-tuned": {"track_activation_threshold": 0.2, "high_conf_det_threshold": 0.1,
                         "minimum_consecutive_frames": 1},

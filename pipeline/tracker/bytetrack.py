@@ -269,6 +269,10 @@ class ByteTracker:
             vetoed by the held-out run).
         velocity_clip_after: detections a track needs before ``velocity_clip`` applies: a young track's velocity is
             still being learnt, from innovations that are large by nature (it starts at zero).
+        ambiguous_iou: in the first association a pair overlapping less than this (IoU) is refused when the
+            detection is also within the gate of another confirmed track, or the track of another high-score
+            detection: a barely overlapping match is a fair guess for an object alone (a small fast one), not among
+            neighbours, where it hands a track to the wrong object. 0 (off) or a value above the gate's IoU.
     """
 
     def __init__(
@@ -305,6 +309,7 @@ class ByteTracker:
         size_gate: float = 0.0,
         velocity_clip: float = 0.0,
         velocity_clip_after: int = 4,
+        ambiguous_iou: float = 0.0,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
@@ -324,6 +329,8 @@ class ByteTracker:
             raise ValueError(f"reid_border must be >= 0, got {reid_border}")
         if size_gate < 0:
             raise ValueError(f"size_gate must be >= 0, got {size_gate}")
+        if ambiguous_iou < 0:
+            raise ValueError(f"ambiguous_iou must be >= 0, got {ambiguous_iou}")
         if velocity_clip < 0:
             raise ValueError(f"velocity_clip must be >= 0, got {velocity_clip}")
         self.frame_rate = float(frame_rate)
@@ -357,6 +364,7 @@ class ByteTracker:
         self.size_gate = float(size_gate)
         self.velocity_clip = float(velocity_clip)
         self.velocity_clip_after = int(velocity_clip_after)
+        self.ambiguous_iou = float(ambiguous_iou)
         # Running score histograms (exponentially forgotten): scores of detections on established tracks (true
         # objects, mostly) and of detections left on no track (false positives, mostly). The adaptive thresholds
         # split them where the fewest detections fall on the wrong side.
@@ -453,6 +461,12 @@ class ByteTracker:
             if frame_size is not None:
                 far[:, ~self._inside(boxes[high], frame_size)] = False
             cand = np.where(far, -_FORBIDDEN, cand)
+        if self.ambiguous_iou > 0 and cand.size:
+            # a barely overlapping pair is a guess: safe alone, not among neighbours (another track or detection in
+            # reach of either side), where it would hand a track to the wrong object
+            reach = cand >= 1.0 - self.match_thresh
+            rival = (reach.sum(axis=0)[None, :] > 1) | (reach.sum(axis=1)[:, None] > 1)
+            cand = np.where(reach & rival & (cand < self.ambiguous_iou), -_FORBIDDEN, cand)
         high = _associate(cand, rows, high, self.match_thresh, det_track, matched)
 
         # 2. low-score detections vs the unmatched tracks tracked in the previous update or lost for at most
