@@ -13,10 +13,12 @@ Per update (one frame of one stream):
    the fixed ``high_thresh``.
 3. High-score detections are matched to all confirmed tracks -- tracked and lost -- by Hungarian assignment
    (``scipy.optimize.linear_sum_assignment``) on ``1 - IoU`` between predicted and detected boxes; pairs costing
-   more than ``match_thresh`` are refused. Optional (``size_gate`` > 0, off by default): a pair is also refused when
-   the detection's width and height are too far from the track's predicted ones for its Kalman filter (normalised
-   squared innovation of the two sizes above ``size_gate``), unless the detection touches the image border (a
-   clipped box says nothing about the object's size).
+   more than ``match_thresh`` are refused, and so are barely overlapping pairs (IoU under ``ambiguous_iou``) among
+   neighbours: when the detection is within the gate of another confirmed track too, or the track of another
+   detection, such a match is a guess that mixes two objects' identities. Optional (``size_gate`` > 0, off by
+   default): a pair is also refused when the detection's width and height are too far from the track's predicted
+   ones for its Kalman filter (normalised squared innovation of the two sizes above ``size_gate``), unless the
+   detection touches the image border (a clipped box says nothing about the object's size).
 4. Low-score detections (``keep_thresh <= score < high``, ``keep_thresh`` 0 by default: any score) are matched to
    the confirmed tracks left over that were tracked in the previous update or lost at most ``low_lost_s`` ago, gated
    by the stricter ``low_match_thresh``: they keep an occluded object's track alive (and an object whose score dips
@@ -272,7 +274,8 @@ class ByteTracker:
         ambiguous_iou: in the first association a pair overlapping less than this (IoU) is refused when the
             detection is also within the gate of another confirmed track, or the track of another high-score
             detection: a barely overlapping match is a fair guess for an object alone (a small fast one), not among
-            neighbours, where it hands a track to the wrong object. 0 (off) or a value above the gate's IoU.
+            neighbours, where it hands a track to the wrong object. 0 turns it off; it acts only above the gate's IoU
+            (``1 - match_thresh``). 0.15 was chosen on the tuning regimes (issue 14's eleventh attempt).
     """
 
     def __init__(
@@ -309,7 +312,7 @@ class ByteTracker:
         size_gate: float = 0.0,
         velocity_clip: float = 0.0,
         velocity_clip_after: int = 4,
-        ambiguous_iou: float = 0.0,
+        ambiguous_iou: float = 0.15,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
