@@ -229,6 +229,8 @@ def test_a_barely_overlapping_box_among_neighbours_does_not_take_over_a_track() 
     assert other == tid
     tid, other, back = _barely_overlapping_box_where_one_is_missed(ByteTracker(frame_rate=FPS), neighbour=False)
     assert other == tid
+    with pytest.raises(ValueError, match="ambiguous_iou"):
+        ByteTracker(ambiguous_iou=15)  # a percentage, not an IoU
 
 
 def test_size_gate_lets_a_box_clipped_at_the_image_border_continue_its_track() -> None:

@@ -332,8 +332,8 @@ class ByteTracker:
             raise ValueError(f"reid_border must be >= 0, got {reid_border}")
         if size_gate < 0:
             raise ValueError(f"size_gate must be >= 0, got {size_gate}")
-        if ambiguous_iou < 0:
-            raise ValueError(f"ambiguous_iou must be >= 0, got {ambiguous_iou}")
+        if not 0.0 <= ambiguous_iou <= 1.0:
+            raise ValueError(f"ambiguous_iou must be an IoU in [0, 1], got {ambiguous_iou}")
         if velocity_clip < 0:
             raise ValueError(f"velocity_clip must be >= 0, got {velocity_clip}")
         self.frame_rate = float(frame_rate)
