@@ -403,7 +403,7 @@ def available_regimes(regimes: Sequence[Any], mot_roots: Mapping[str, Path] | No
 
     out = list(regimes)
     for dataset in dict.fromkeys(r.mot for r in regimes if r.mot):
-        root = (mot_roots or {}).get(dataset) or mot_dir(dataset)
+        root = mot_dir(dataset, mot_roots)
         if root.is_dir():
             continue
         n = sum(r.mot == dataset for r in out)

@@ -155,10 +155,12 @@ def tud_dir() -> Path:
     return Path(os.environ.get("RPN_TUD_DIR", Path.home() / ".cache" / "rpn-pipeline" / "tud"))
 
 
-def mot_dir(dataset: str) -> Path:
-    """Where an optional MOTChallenge tuning set lies (``dataset`` "MOT15" or "MOT17": ``$RPN_MOT15_DIR`` /
-    ``$RPN_MOT17_DIR``, default ~/.cache/rpn-pipeline/mot15 or mot17): ``<SEQ>/gt/gt.txt`` and
-    ``<SEQ>/seqinfo.ini`` per sequence, MOTChallenge layout (docs/tracking.md)."""
+def mot_dir(dataset: str, roots: Mapping[str, Path] | None = None) -> Path:
+    """Where an optional MOTChallenge tuning set lies (``dataset`` "MOT15" or "MOT17"): ``roots[dataset]`` when
+    given, else ``$RPN_MOT15_DIR`` / ``$RPN_MOT17_DIR``, default ~/.cache/rpn-pipeline/mot15 or mot17;
+    ``<SEQ>/gt/gt.txt`` and ``<SEQ>/seqinfo.ini`` per sequence, MOTChallenge layout (docs/tracking.md)."""
+    if roots and roots.get(dataset):
+        return Path(roots[dataset])
     return Path(os.environ.get(f"RPN_{dataset}_DIR", Path.home() / ".cache" / "rpn-pipeline" / dataset.lower()))
 
 
@@ -426,7 +428,7 @@ def regime_truths(regime: Regime, *, seconds: float | None = None, seeds: Sequen
     if regime.tud:
         return [tud_truth(n, tud_root) for n in TUD_SEQUENCES]
     if regime.mot:  # whole sequences (3-5 s per tracker per set): `seconds` shortens synthetic ones only
-        root = (mot_roots or {}).get(regime.mot)
+        root = mot_dir(regime.mot, mot_roots)
         return [motchallenge_truth(regime.mot, n, root) for n in MOT_SEQUENCES[regime.mot]]
     return [synth_truth(s, width=regime.width, height=regime.height, seconds=seconds or regime.seconds,
                         max_objects=regime.max_objects, speed=regime.speed)
