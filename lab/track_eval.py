@@ -42,11 +42,12 @@ DEFAULT_CROWD_SEEDS = "1003-1004"
 DEFAULT_CROWD_OBJECTS = 24
 DEFAULT_TRACKERS = ("ours", "bytetrack", "bytetrack-tuned", "ocsort", "ocsort-tuned")
 #: Peers at their best setting on the ``tune`` regimes of the regime matrix (lab/track_regimes.py: the 20 synthetic
-#: ones at 5 s per sequence and the 8 real-motion ones, MOT15 and MOT17; issue 14's ninth attempt), found by
-#: ``eval-tracking --tune-peers --seconds 5`` over :data:`PEER_GRID` (best mean of MOTA and IDF1; ByteTrack 78.19 at
-#: activation 0.2 and high 0.1 against 78.18 at 0.3 / 0.1 and 0.2 / 0.2; OC-SORT 76.05 at high 0.1 against 76.02 at
-#: 0.2; BoT-SORT 75.60 at activation 0.5 and high 0.2 against 75.54 at 0.3 / 0.2). The same settings won on the 24
-#: tuning regimes before MOT17 (sixth attempt). ``bytetrack``, ``ocsort`` and ``botsort`` are the package defaults.
+#: ones at 5 s per sequence and the 10 real-motion ones, MOT15 and MOT17; issue 14's twelfth attempt), found by
+#: ``eval-tracking --tune-peers --seconds 5`` over :data:`PEER_GRID` (best mean of MOTA and IDF1; ByteTrack 76.53 at
+#: activation 0.2 and high 0.1 against 76.52 at 0.3 / 0.1 and 0.2 / 0.2; OC-SORT 74.19 at high 0.1 against 74.17 at
+#: 0.2; BoT-SORT 74.34 at activation 0.5 and high 0.2 against 74.25 at 0.5 / 0.1). The same settings won on the 24
+#: and the 28 tuning regimes before (sixth and ninth attempts). ``bytetrack``, ``ocsort`` and ``botsort`` are the
+#: package defaults.
 TUNED_PARAMS: dict[str, dict[str, Any]] = {
     "bytetrack-tuned": {"track_activation_threshold": 0.2, "high_conf_det_threshold": 0.1,
                         "minimum_consecutive_frames": 1},

@@ -68,11 +68,15 @@ def test_tuning_regimes_span_every_family_at_other_values() -> None:
     assert not {(r.detector, r.width, r.height, r.max_objects, r.speed) for r in tune} & \
         {(r.detector, r.width, r.height, r.max_objects, r.speed) for r in held}
     # real motion: the MOT15 and the MOT17 tuning regimes each cover the held-out TUD regimes' detector families, at
-    # other values (the base detector aside, which every family of the matrix starts from)
+    # other values (the base detector aside, which every family of the matrix starts from); the occlusion + false
+    # positive family on both sides of the TUD values
     tud = {r.detector for r in REGIMES if r.tud}
+    (tud_occlusion,) = [r.detector for r in REGIMES if r.tud and r.detector.fp_rate > base.fp_rate]
     for dataset in ("MOT15", "MOT17"):
         real = {r.detector for r in tune if r.mot == dataset}
-        assert len(real) == len(tud) == 4 and real & tud == {base}, dataset
+        assert len(tud) == 4 and len(real) == 5 and real & tud == {base}, dataset
+        occlusion = sorted((d.occlusion_miss, d.fp_rate) for d in real if d.fp_rate > base.fp_rate)
+        assert occlusion[0] < (tud_occlusion.occlusion_miss, tud_occlusion.fp_rate) < occlusion[-1], dataset
 
 
 def _write_mot_sequence(root, name: str, rows: list[str], *, fps: int = 14, size: tuple[int, int] = (640, 480),

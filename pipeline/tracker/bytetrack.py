@@ -15,7 +15,9 @@ Per update (one frame of one stream):
    (``scipy.optimize.linear_sum_assignment``) on ``1 - IoU`` between predicted and detected boxes; pairs costing
    more than ``match_thresh`` are refused, and so are barely overlapping pairs (IoU under ``ambiguous_iou``) among
    neighbours: when the detection is within the gate of another confirmed track too, or the track of another
-   detection, such a match is a guess that mixes two objects' identities. Optional (``size_gate`` > 0, off by
+   detection, such a match is a guess that mixes two objects' identities. Optional (``clutter_iou`` > 0): while
+   false positives are frequent (step 6's clutter rate), tracks with a known motion refuse barely overlapping pairs
+   outright. Optional (``size_gate`` > 0, off by
    default): a pair is also refused when the detection's width and height are too far from the track's predicted
    ones for its Kalman filter (normalised squared innovation of the two sizes above ``size_gate``), unless the
    detection touches the image border (a clipped box says nothing about the object's size).
@@ -99,6 +101,7 @@ _FORBIDDEN = 1e6  # cost of a pair of different labels
 _BINS = 40  # score histogram bins over [0, 1]
 _DECAY = 0.995  # per update: the histograms remember about the last 200 frames
 _MIN_ON = 20.0  # detections on established tracks needed before the thresholds adapt
+_SETTLED_FRAMES = 4  # detections after which a track's velocity is known (`clutter_iou` applies)
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,11 @@ class ByteTracker:
             detection: a barely overlapping match is a fair guess for an object alone (a small fast one), not among
             neighbours, where it hands a track to the wrong object. 0 turns it off; it acts only above the gate's IoU
             (``1 - match_thresh``). 0.15 was chosen on the tuning regimes (issue 14's eleventh attempt).
+        clutter_iou: while false positives are frequent (:meth:`clutter` above ``clutter_thresh``), a pair in the
+            first association overlapping less than this (IoU) is refused for a track with at least 4 detections
+            (its motion known): among frequent false positives a barely overlapping detection is as likely one of
+            them as the object, while with few it is the object turning or speeding up. 0 (default) turns it off.
+            0.2 is what was chosen on the tuning regimes (issue 14's twelfth attempt, docs/tracking.md).
     """
 
     def __init__(
@@ -313,6 +321,7 @@ class ByteTracker:
         velocity_clip: float = 0.0,
         velocity_clip_after: int = 4,
         ambiguous_iou: float = 0.15,
+        clutter_iou: float = 0.0,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
@@ -334,6 +343,8 @@ class ByteTracker:
             raise ValueError(f"size_gate must be >= 0, got {size_gate}")
         if not 0.0 <= ambiguous_iou <= 1.0:
             raise ValueError(f"ambiguous_iou must be an IoU in [0, 1], got {ambiguous_iou}")
+        if not 0.0 <= clutter_iou <= 1.0:
+            raise ValueError(f"clutter_iou must be an IoU in [0, 1], got {clutter_iou}")
         if velocity_clip < 0:
             raise ValueError(f"velocity_clip must be >= 0, got {velocity_clip}")
         self.frame_rate = float(frame_rate)
@@ -368,6 +379,7 @@ class ByteTracker:
         self.velocity_clip = float(velocity_clip)
         self.velocity_clip_after = int(velocity_clip_after)
         self.ambiguous_iou = float(ambiguous_iou)
+        self.clutter_iou = float(clutter_iou)
         # Running score histograms (exponentially forgotten): scores of detections on established tracks (true
         # objects, mostly) and of detections left on no track (false positives, mostly). The adaptive thresholds
         # split them where the fewest detections fall on the wrong side.
@@ -470,6 +482,11 @@ class ByteTracker:
             reach = cand >= 1.0 - self.match_thresh
             rival = (reach.sum(axis=0)[None, :] > 1) | (reach.sum(axis=1)[:, None] > 1)
             cand = np.where(reach & rival & (cand < self.ambiguous_iou), -_FORBIDDEN, cand)
+        if self.clutter_iou > 0 and cand.size and self.clutter() > self.clutter_thresh:
+            # frequent false positives: a barely overlapping detection is as likely one of them as the object, for a
+            # track whose motion is known (young tracks' predictions still lag a moving object)
+            settled = (self._frames[rows] >= _SETTLED_FRAMES)[:, None]
+            cand = np.where(settled & (cand < self.clutter_iou), -_FORBIDDEN, cand)
         high = _associate(cand, rows, high, self.match_thresh, det_track, matched)
 
         # 2. low-score detections vs the unmatched tracks tracked in the previous update or lost for at most
