@@ -240,18 +240,17 @@ def test_a_barely_overlapping_box_among_neighbours_does_not_take_over_a_track() 
 
 
 def test_among_frequent_false_positives_a_barely_overlapping_box_does_not_take_over_a_track() -> None:
-    """``clutter_iou`` (0.2): where false positives are frequent (:meth:`ByteTracker.clutter` above
+    """``clutter_iou`` (0.2 by default): where false positives are frequent (:meth:`ByteTracker.clutter` above
     ``clutter_thresh``), a box barely overlapping a settled track's prediction is as likely one of them as the
     object, so the track waits and gets its own detection back -- even alone. Without false positives, or with the
     rule off (0), the box takes the id."""
-    tid, other, back = _barely_overlapping_box_where_one_is_missed(ByteTracker(frame_rate=FPS, clutter_iou=0.2),
-                                                                   neighbour=False, clutter=True)
+    tid, other, back = _barely_overlapping_box_where_one_is_missed(ByteTracker(frame_rate=FPS), neighbour=False,
+                                                                   clutter=True)
     assert other != tid and back == tid
     tid, other, back = _barely_overlapping_box_where_one_is_missed(ByteTracker(frame_rate=FPS, clutter_iou=0.0),
                                                                    neighbour=False, clutter=True)
     assert other == tid
-    tid, other, back = _barely_overlapping_box_where_one_is_missed(ByteTracker(frame_rate=FPS, clutter_iou=0.2),
-                                                                   neighbour=False)
+    tid, other, back = _barely_overlapping_box_where_one_is_missed(ByteTracker(frame_rate=FPS), neighbour=False)
     assert other == tid
     with pytest.raises(ValueError, match="clutter_iou"):
         ByteTracker(clutter_iou=20)

@@ -15,12 +15,12 @@ Per update (one frame of one stream):
    (``scipy.optimize.linear_sum_assignment``) on ``1 - IoU`` between predicted and detected boxes; pairs costing
    more than ``match_thresh`` are refused, and so are barely overlapping pairs (IoU under ``ambiguous_iou``) among
    neighbours: when the detection is within the gate of another confirmed track too, or the track of another
-   detection, such a match is a guess that mixes two objects' identities. Optional (``clutter_iou`` > 0): while
-   false positives are frequent (step 6's clutter rate), tracks with a known motion refuse barely overlapping pairs
-   outright. Optional (``size_gate`` > 0, off by
-   default): a pair is also refused when the detection's width and height are too far from the track's predicted
-   ones for its Kalman filter (normalised squared innovation of the two sizes above ``size_gate``), unless the
-   detection touches the image border (a clipped box says nothing about the object's size).
+   detection, such a match is a guess that mixes two objects' identities. And while false positives are frequent
+   (step 6's clutter rate), tracks with a known motion refuse pairs under ``clutter_iou`` outright. Optional
+   (``size_gate`` > 0, off by default): a pair is also refused when the detection's width and height are too far
+   from the track's predicted ones for its Kalman filter (normalised squared innovation of the two sizes above
+   ``size_gate``), unless the detection touches the image border (a clipped box says nothing about the object's
+   size).
 4. Low-score detections (``keep_thresh <= score < high``, ``keep_thresh`` 0 by default: any score) are matched to
    the confirmed tracks left over that were tracked in the previous update or lost at most ``low_lost_s`` ago, gated
    by the stricter ``low_match_thresh``: they keep an occluded object's track alive (and an object whose score dips
@@ -282,8 +282,8 @@ class ByteTracker:
         clutter_iou: while false positives are frequent (:meth:`clutter` above ``clutter_thresh``), a pair in the
             first association overlapping less than this (IoU) is refused for a track with at least 4 detections
             (its motion known): among frequent false positives a barely overlapping detection is as likely one of
-            them as the object, while with few it is the object turning or speeding up. 0 (default) turns it off.
-            0.2 is what was chosen on the tuning regimes (issue 14's twelfth attempt, docs/tracking.md).
+            them as the object, while with few it is the object turning or speeding up. 0 turns it off. 0.2 was
+            chosen on the tuning regimes (issue 14's twelfth attempt, docs/tracking.md).
     """
 
     def __init__(
@@ -321,7 +321,7 @@ class ByteTracker:
         velocity_clip: float = 0.0,
         velocity_clip_after: int = 4,
         ambiguous_iou: float = 0.15,
-        clutter_iou: float = 0.0,
+        clutter_iou: float = 0.2,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
