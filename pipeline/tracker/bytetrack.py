@@ -16,7 +16,8 @@ Per update (one frame of one stream):
    more than ``match_thresh`` are refused, and so are barely overlapping pairs (IoU under ``ambiguous_iou``) among
    neighbours: when the detection is within the gate of another confirmed track too, or the track of another
    detection, such a match is a guess that mixes two objects' identities. And while false positives are frequent
-   (step 6's clutter rate), tracks with a known motion refuse pairs under ``clutter_iou`` outright. Optional
+   (step 6's clutter rate), tracks with a known motion refuse pairs under ``clutter_iou`` outright, and so do they
+   under ``steady_iou`` a moment (``steady_s``) after their last detection. Optional
    (``size_gate`` > 0, off by default): a pair is also refused when the detection's width and height are too far
    from the track's predicted ones for its Kalman filter (normalised squared innovation of the two sizes above
    ``size_gate``), unless the detection touches the image border (a clipped box says nothing about the object's
@@ -284,6 +285,13 @@ class ByteTracker:
             (its motion known): among frequent false positives a barely overlapping detection is as likely one of
             them as the object, while with few it is the object turning or speeding up. 0 turns it off. 0.2 was
             chosen on the tuning regimes (issue 14's twelfth attempt, docs/tracking.md).
+        steady_iou: a track with at least 4 detections, the last at most ``steady_s`` seconds ago, takes a high-score
+            detection in the first association only from this IoU up: over so short a time the object is close to
+            its prediction, and a barely overlapping box is another object or a false positive. After a miss, or at
+            a frame rate under about 1 / ``steady_s``, the track keeps the wide gate (objects move further between
+            detections). 0 turns it off. 0.25 and 0.09 s were chosen on the tuning regimes (issue 14's twelfth
+            attempt; 0.09 s lies between the frame periods of 12.5 and 10 fps, docs/tracking.md).
+        steady_s: see ``steady_iou``.
     """
 
     def __init__(
@@ -322,6 +330,8 @@ class ByteTracker:
         velocity_clip_after: int = 4,
         ambiguous_iou: float = 0.15,
         clutter_iou: float = 0.2,
+        steady_iou: float = 0.25,
+        steady_s: float = 0.09,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
@@ -345,6 +355,10 @@ class ByteTracker:
             raise ValueError(f"ambiguous_iou must be an IoU in [0, 1], got {ambiguous_iou}")
         if not 0.0 <= clutter_iou <= 1.0:
             raise ValueError(f"clutter_iou must be an IoU in [0, 1], got {clutter_iou}")
+        if not 0.0 <= steady_iou <= 1.0:
+            raise ValueError(f"steady_iou must be an IoU in [0, 1], got {steady_iou}")
+        if steady_s < 0:
+            raise ValueError(f"steady_s must be >= 0, got {steady_s}")
         if velocity_clip < 0:
             raise ValueError(f"velocity_clip must be >= 0, got {velocity_clip}")
         self.frame_rate = float(frame_rate)
@@ -380,6 +394,8 @@ class ByteTracker:
         self.velocity_clip_after = int(velocity_clip_after)
         self.ambiguous_iou = float(ambiguous_iou)
         self.clutter_iou = float(clutter_iou)
+        self.steady_iou = float(steady_iou)
+        self.steady_s = float(steady_s)
         # Running score histograms (exponentially forgotten): scores of detections on established tracks (true
         # objects, mostly) and of detections left on no track (false positives, mostly). The adaptive thresholds
         # split them where the fewest detections fall on the wrong side.
@@ -487,6 +503,11 @@ class ByteTracker:
             # track whose motion is known (young tracks' predictions still lag a moving object)
             settled = (self._frames[rows] >= _SETTLED_FRAMES)[:, None]
             cand = np.where(settled & (cand < self.clutter_iou), -_FORBIDDEN, cand)
+        if self.steady_iou > 0 and cand.size:
+            # a moment after its last detection a track with a known motion is where it was predicted: the right
+            # detection overlaps it well, a barely overlapping one is someone else (or a false positive)
+            steady = (self._frames[rows] >= _SETTLED_FRAMES) & (now - self._last_time[rows] <= self.steady_s)
+            cand = np.where(steady[:, None] & (cand < self.steady_iou), -_FORBIDDEN, cand)
         high = _associate(cand, rows, high, self.match_thresh, det_track, matched)
 
         # 2. low-score detections vs the unmatched tracks tracked in the previous update or lost for at most
