@@ -278,6 +278,48 @@ def test_a_moment_after_its_last_detection_a_track_takes_no_barely_overlapping_b
         ByteTracker(steady_s=-1)
 
 
+def test_of_two_boxes_on_a_track_the_one_at_its_height_wins() -> None:
+    """``rank_hmiou`` (default): a person standing still steps 20 px to the right while a nearer person (a larger
+    box, lower in the image) walks in front of where they stood. The nearer person's box overlaps the track's
+    prediction more (IoU 0.56 against 0.43), but starts and ends at other heights (vertical overlap 0.6 against 1):
+    ranked by height-modulated IoU, the track stays with its own person. Ranked by plain IoU it jumps to the other."""
+    def scene(tracker: ByteTracker) -> tuple[int, int, int]:
+        own = [100.0, 100.0, 150.0, 250.0]
+        ids = [int(step(tracker, (own, 0.9, PERSON), t=f / FPS)[0]) for f in range(10)]
+        assert ids[0] > 0 and set(ids) == {ids[0]}
+        stepped, nearer = [120.0, 100.0, 170.0, 250.0], [98.0, 130.0, 152.0, 300.0]
+        got = step(tracker, (stepped, 0.9, PERSON), (nearer, 0.9, PERSON), t=10 / FPS)
+        return ids[0], int(got[0]), int(got[1])
+
+    tid, stepped, nearer = scene(ByteTracker(frame_rate=FPS))
+    assert stepped == tid and nearer != tid
+    tid, stepped, nearer = scene(ByteTracker(frame_rate=FPS, rank_hmiou=False))
+    assert nearer == tid and stepped != tid
+
+
+def test_a_settled_track_takes_no_box_at_another_height() -> None:
+    """``settled_hmiou`` (0.08 by default): at 10 fps a person standing still is missed, and a box lower in the image
+    (another person's, or a part of one) overlaps their prediction by IoU 0.18 -- within the wide gate -- but shares
+    only a quarter of its vertical extent (height-modulated IoU 0.05). A track with 3 or more detections refuses it
+    and gets its person back in the next frame; with the rule off (0), or for a track seen only twice (its box
+    height not known yet), the box takes the id."""
+    def scene(tracker: ByteTracker, seen: int) -> tuple[int, int, int]:
+        own = [100.0, 100.0, 150.0, 250.0]
+        ids = [int(step(tracker, (own, 0.9, PERSON), t=f / 10)[0]) for f in range(seen)]
+        assert ids[0] > 0 and set(ids) == {ids[0]}
+        other = int(step(tracker, ([110.0, 190.0, 170.0, 330.0], 0.9, PERSON), t=seen / 10)[0])
+        back = int(step(tracker, (own, 0.9, PERSON), t=(seen + 1) / 10)[0])
+        return ids[0], other, back
+
+    tid, other, back = scene(ByteTracker(frame_rate=10), seen=6)
+    assert other != tid and back == tid
+    for tracker, seen in ((ByteTracker(frame_rate=10, settled_hmiou=0.0), 6), (ByteTracker(frame_rate=10), 2)):
+        tid, other, back = scene(tracker, seen)
+        assert other == tid
+    with pytest.raises(ValueError, match="settled_hmiou"):
+        ByteTracker(settled_hmiou=8)
+
+
 def test_size_gate_lets_a_box_clipped_at_the_image_border_continue_its_track() -> None:
     """A person standing at the right border steps half out of view: their box, clipped at the border, is 17 px
     wide instead of 30 -- far from what the filter expects, but a box touching the border says nothing about the

@@ -17,7 +17,11 @@ Per update (one frame of one stream):
    neighbours: when the detection is within the gate of another confirmed track too, or the track of another
    detection, such a match is a guess that mixes two objects' identities. And while false positives are frequent
    (step 6's clutter rate), tracks with a known motion refuse pairs under ``clutter_iou`` outright, and so do they
-   under ``steady_iou`` a moment (``steady_s``) after their last detection. Optional
+   under ``steady_iou`` a moment (``steady_s``) after their last detection. Among the pairs that pass, the
+   assignment prefers those that also overlap vertically (``rank_hmiou``: Hybrid-SORT's height-modulated IoU, the
+   IoU times the overlap of the two boxes' vertical extents over their union): two people at different depths
+   differ in where their boxes start and end vertically, even when they overlap a lot side to side. A track with a
+   few detections takes a detection only from ``settled_hmiou`` of that measure. Optional
    (``size_gate`` > 0, off by default): a pair is also refused when the detection's width and height are too far
    from the track's predicted ones for its Kalman filter (normalised squared innovation of the two sizes above
    ``size_gate``), unless the detection touches the image border (a clipped box says nothing about the object's
@@ -103,6 +107,7 @@ _BINS = 40  # score histogram bins over [0, 1]
 _DECAY = 0.995  # per update: the histograms remember about the last 200 frames
 _MIN_ON = 20.0  # detections on established tracks needed before the thresholds adapt
 _SETTLED_FRAMES = 4  # detections after which a track's velocity is known (`clutter_iou` applies)
+_HMIOU_FRAMES = 3  # detections after which a track's box height is known well enough for `settled_hmiou`
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,13 @@ def _ioa_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]), 1e-9)[:, None]
 
 
+def _vertical_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Overlap of the vertical extents (y1, y2) of boxes ``a`` [N, 4] and ``b`` [M, 4] over their union -> [N, M]."""
+    inter = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    union = np.maximum(a[:, None, 3], b[None, :, 3]) - np.minimum(a[:, None, 1], b[None, :, 1])
+    return np.clip(inter, 0.0, None) / np.maximum(union, 1e-9)
+
+
 def _xyxy_to_cxcywh(b: np.ndarray) -> np.ndarray:
     out = np.empty_like(b)
     out[:, 2:] = b[:, 2:] - b[:, :2]
@@ -188,11 +200,18 @@ def _others(n: int, taken: np.ndarray) -> np.ndarray:
 
 
 def _associate(
-    iou: np.ndarray, rows: np.ndarray, dets: np.ndarray, gate: float, det_track: np.ndarray, matched: np.ndarray
+    iou: np.ndarray, rows: np.ndarray, dets: np.ndarray, gate: float, det_track: np.ndarray, matched: np.ndarray,
+    accept: np.ndarray | None = None,
 ) -> np.ndarray:
     """One association step: tracks ``rows`` and detections ``dets`` matched on ``1 - iou`` [rows, dets] up to
-    ``gate``; the pairs are recorded in ``det_track`` and ``matched``. Returns the detections left over."""
-    r, c = _assign(1.0 - iou, gate)
+    ``gate`` (or, when given, the pairs where ``accept`` is true); the pairs are recorded in ``det_track`` and
+    ``matched``. Returns the detections left over."""
+    if accept is None:
+        r, c = _assign(1.0 - iou, gate)
+    else:
+        r, c = _assign(1.0 - iou, np.inf)
+        keep = accept[r, c]
+        r, c = r[keep], c[keep]
     det_track[dets[c]] = rows[r]
     matched[rows[r]] = True
     return dets[_others(len(dets), c)]
@@ -289,9 +308,18 @@ class ByteTracker:
             detection in the first association only from this IoU up: over so short a time the object is close to
             its prediction, and a barely overlapping box is another object or a false positive. After a miss, or at
             a frame rate under about 1 / ``steady_s``, the track keeps the wide gate (objects move further between
-            detections). 0 turns it off. 0.25 and 0.09 s were chosen on the tuning regimes (issue 14's twelfth
+            detections). 0 turns it off. 0.25 and 0.09 s were chosen on the tuning regimes (issue 14's thirteenth
             attempt; 0.09 s lies between the frame periods of 12.5 and 10 fps, docs/tracking.md).
         steady_s: see ``steady_iou``.
+        rank_hmiou: in the first association, rank the pairs that pass the gates by height-modulated IoU (IoU times
+            the overlap of the two boxes' vertical extents over their union; Hybrid-SORT's HMIoU) instead of IoU:
+            of two people overlapping a track's prediction, the one at the track's depth (whose box starts and ends
+            at the same heights) wins, where plain IoU may favour a nearer, larger one. Acceptance is unchanged.
+            Chosen on the tuning regimes (issue 14's fourteenth attempt, docs/tracking.md).
+        settled_hmiou: a track with at least 3 detections (its box height known) takes a high-score detection in
+            the first association only from this height-modulated IoU up; a barely overlapping box at another
+            height is another person (or a part of one). 0 turns it off. 0.08 was chosen on the tuning regimes
+            (issue 14's fourteenth attempt, docs/tracking.md).
     """
 
     def __init__(
@@ -332,6 +360,8 @@ class ByteTracker:
         clutter_iou: float = 0.2,
         steady_iou: float = 0.25,
         steady_s: float = 0.09,
+        rank_hmiou: bool = True,
+        settled_hmiou: float = 0.08,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
@@ -357,6 +387,8 @@ class ByteTracker:
             raise ValueError(f"clutter_iou must be an IoU in [0, 1], got {clutter_iou}")
         if not 0.0 <= steady_iou <= 1.0:
             raise ValueError(f"steady_iou must be an IoU in [0, 1], got {steady_iou}")
+        if not 0.0 <= settled_hmiou <= 1.0:
+            raise ValueError(f"settled_hmiou must be in [0, 1], got {settled_hmiou}")
         if steady_s < 0:
             raise ValueError(f"steady_s must be >= 0, got {steady_s}")
         if velocity_clip < 0:
@@ -396,6 +428,8 @@ class ByteTracker:
         self.clutter_iou = float(clutter_iou)
         self.steady_iou = float(steady_iou)
         self.steady_s = float(steady_s)
+        self.rank_hmiou = bool(rank_hmiou)
+        self.settled_hmiou = float(settled_hmiou)
         # Running score histograms (exponentially forgotten): scores of detections on established tracks (true
         # objects, mostly) and of detections left on no track (false positives, mostly). The adaptive thresholds
         # split them where the fewest detections fall on the wrong side.
@@ -474,7 +508,8 @@ class ByteTracker:
         self._predict(dt)
         det_track = np.full(n, -1, np.intp)  # track row of each detection
         matched = np.zeros(len(self._id), bool)
-        iou = self._labelled_iou(self._predicted_boxes(), self._label, boxes, labels)
+        predicted = self._predicted_boxes()
+        iou = self._labelled_iou(predicted, self._label, boxes, labels)
         valid = scores >= self.low_thresh
         if self.adaptive:
             self._all_hist *= _DECAY
@@ -508,7 +543,17 @@ class ByteTracker:
             # detection overlaps it well, a barely overlapping one is someone else (or a false positive)
             steady = (self._frames[rows] >= _SETTLED_FRAMES) & (now - self._last_time[rows] <= self.steady_s)
             cand = np.where(steady[:, None] & (cand < self.steady_iou), -_FORBIDDEN, cand)
-        high = _associate(cand, rows, high, self.match_thresh, det_track, matched)
+        if (self.rank_hmiou or self.settled_hmiou > 0) and cand.size:
+            # people at different depths differ in their vertical extents, even where they overlap a lot side to side
+            hmiou = cand * _vertical_iou(predicted[rows], boxes[high])
+            accept = cand >= 1.0 - self.match_thresh
+            if self.settled_hmiou > 0:
+                settled = (self._frames[rows] >= _HMIOU_FRAMES)[:, None]
+                accept &= ~settled | (hmiou >= self.settled_hmiou)
+            rank = np.where(cand > -1.0, hmiou, cand) if self.rank_hmiou else cand  # refused pairs stay refused
+            high = _associate(rank, rows, high, self.match_thresh, det_track, matched, accept)
+        else:
+            high = _associate(cand, rows, high, self.match_thresh, det_track, matched)
 
         # 2. low-score detections vs the unmatched tracks tracked in the previous update or lost for at most
         # `low_lost_s` (an object going behind an occluder is seen weakly before and after)
