@@ -548,8 +548,8 @@ class ByteTracker:
             hmiou = cand * _vertical_iou(predicted[rows], boxes[high])
             accept = cand >= 1.0 - self.match_thresh
             if self.settled_hmiou > 0:
-                settled = (self._frames[rows] >= _HMIOU_FRAMES)[:, None]
-                accept &= ~settled | (hmiou >= self.settled_hmiou)
+                height_known = (self._frames[rows] >= _HMIOU_FRAMES)[:, None]
+                accept &= ~height_known | (hmiou >= self.settled_hmiou)
             rank = np.where(cand > -1.0, hmiou, cand) if self.rank_hmiou else cand  # refused pairs stay refused
             high = _associate(rank, rows, high, self.match_thresh, det_track, matched, accept)
         else:
