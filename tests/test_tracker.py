@@ -320,6 +320,34 @@ def test_a_settled_track_takes_no_box_at_another_height() -> None:
         ByteTracker(settled_hmiou=8)
 
 
+def test_in_clutter_a_weak_streak_needs_scores_like_the_people_on_tracks() -> None:
+    """``weak_llr`` (-2 by default): four people tracked for 80 frames score 0.9, dipping to 0.25 every fourth frame;
+    three false positives a frame, scored 0.4, appear anywhere and never repeat in place, so tentative tracks die
+    unconfirmed at about 3 per update (clutter). Then a box repeats in place with a score under the new-track
+    threshold (a weak birth). Scored 0.4, like the tentatives that never lasted, it stays unconfirmed; with the rule
+    off (None) it gets an id at its second detection. Scored 0.25, like the people's own dips, it gets an id at its
+    second detection."""
+    def scene(tracker: ByteTracker, weak_score: float) -> list[int]:
+        rng = np.random.default_rng(0)
+        people = [box(100 + 150 * i, 100) for i in range(4)]
+        for f in range(80):
+            items = [(b, 0.25 if (f + i) % 4 == 0 else 0.9, PERSON) for i, b in enumerate(people)]
+            items += [(box(rng.uniform(20, 780), rng.uniform(300, 580)), 0.4, PERSON) for _ in range(3)]
+            step(tracker, *items, t=f / FPS)
+        assert tracker.clutter() > tracker.clutter_thresh and weak_score < tracker.thresholds()[1]
+        spot = box(400, 250)
+        return [int(step(tracker, *[(b, 0.9, PERSON) for b in people], (spot, weak_score, PERSON),
+                         t=(80 + k) / FPS)[-1]) for k in range(3)]
+
+    assert scene(ByteTracker(frame_rate=FPS), 0.4) == [-1, -1, -1]
+    first, *rest = scene(ByteTracker(frame_rate=FPS, weak_llr=None), 0.4)
+    assert first == -1 and rest[0] > 0 and rest == [rest[0]] * 2
+    first, *rest = scene(ByteTracker(frame_rate=FPS), 0.25)
+    assert first == -1 and rest[0] > 0 and rest == [rest[0]] * 2
+    with pytest.raises(ValueError, match="weak_llr"):
+        ByteTracker(weak_llr=float("-inf"))
+
+
 def test_size_gate_lets_a_box_clipped_at_the_image_border_continue_its_track() -> None:
     """A person standing at the right border steps half out of view: their box, clipped at the border, is 17 px
     wide instead of 30 -- far from what the filter expects, but a box touching the border says nothing about the

@@ -57,7 +57,11 @@ Per update (one frame of one stream):
    detector that often scores false positives that high gets no instant tracks. A tentative track is dropped when
    it goes ``tentative_keep_s`` without a detection. A weak tentative track needs an unbroken run of detections
    spanning ``weak_confirm_s`` (in time, so the same at any frame rate; at least 2 and ``n_init`` detections) and
-   is dropped at its first miss. A confirmed track that is not matched becomes lost, and is
+   is dropped at its first miss. While false positives are frequent (step 6's clutter rate), the streak must also be
+   scored like the objects on tracks (``weak_llr``): the summed log-likelihood ratio of its detections' scores --
+   under the running histogram of scores on confirmed tracks against that of the tentative tracks dropped
+   unconfirmed -- must reach ``weak_llr``; a false positive repeated in place for a frame or two is scored like the
+   ones that never lasted. A confirmed track that is not matched becomes lost, and is
    removed ``track_buffer_s`` seconds after its last detection.
 8. Optional re-identification by motion (``reid_buffer`` > 0; off by default, 2.5 is what was measured): a new
    tentative track whose first detection lies in the predicted box, widened by ``reid_buffer`` position stds, of a
@@ -320,6 +324,13 @@ class ByteTracker:
             the first association only from this height-modulated IoU up; a barely overlapping box at another
             height is another person (or a part of one). 0 turns it off. 0.08 was chosen on the tuning regimes
             (issue 14's fourteenth attempt, docs/tracking.md).
+        weak_llr: while false positives are frequent (:meth:`clutter` above ``clutter_thresh``), a weak tentative
+            track's streak confirms it only when the sum over its detections of log p(score | on a confirmed track)
+            - log p(score | on a tentative track dropped unconfirmed) is at least this (running, add-one smoothed
+            score histograms; a detection adds 0 until both hold 20 detections). A weak streak of false positives
+            repeated in place is scored like the tentatives that never lasted; a person coming out weakly from
+            behind an occluder, like the people on tracks. None turns it off. -2 was chosen on the tuning regimes
+            (issue 14's sixteenth attempt, docs/tracking.md).
     """
 
     def __init__(
@@ -362,6 +373,7 @@ class ByteTracker:
         steady_s: float = 0.09,
         rank_hmiou: bool = True,
         settled_hmiou: float = 0.08,
+        weak_llr: float | None = -2.0,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
@@ -389,6 +401,8 @@ class ByteTracker:
             raise ValueError(f"steady_iou must be an IoU in [0, 1], got {steady_iou}")
         if not 0.0 <= settled_hmiou <= 1.0:
             raise ValueError(f"settled_hmiou must be in [0, 1], got {settled_hmiou}")
+        if weak_llr is not None and not np.isfinite(weak_llr):
+            raise ValueError(f"weak_llr must be a finite log-likelihood ratio or None, got {weak_llr}")
         if steady_s < 0:
             raise ValueError(f"steady_s must be >= 0, got {steady_s}")
         if velocity_clip < 0:
@@ -430,11 +444,15 @@ class ByteTracker:
         self.steady_s = float(steady_s)
         self.rank_hmiou = bool(rank_hmiou)
         self.settled_hmiou = float(settled_hmiou)
+        self.weak_llr = None if weak_llr is None else float(weak_llr)
         # Running score histograms (exponentially forgotten): scores of detections on established tracks (true
         # objects, mostly) and of detections left on no track (false positives, mostly). The adaptive thresholds
         # split them where the fewest detections fall on the wrong side.
         self._on_hist = np.zeros(_BINS)
         self._off_hist = np.zeros(_BINS)
+        # Mean scores of tentative tracks dropped unconfirmed, each weighted by its detections: false positives,
+        # mostly -- repeated in place for a frame or two, they are what a weak birth in clutter is suspected of.
+        self._dropped_hist = np.zeros(_BINS)
         self._all_hist = np.zeros(_BINS)  # every score >= low_thresh: the bootstrap before tracks are established
         # Tentative tracks dropped unconfirmed (clutter) and updates seen, both forgotten like the histograms: their
         # ratio is a rate per update, right from a stream's first frames.
@@ -465,6 +483,8 @@ class ByteTracker:
         self._weak = np.zeros(0, bool)  # tentative born weak or next to a confirmed track: needs a longer streak
         self._heir = np.zeros(0, np.int64)  # tentative born next to exactly one recently lost track: that track's id
         self._near = np.zeros(0, bool)  # tentative born next to a recently lost track: no instant confirmation
+        self._score_sum = np.zeros(0)  # sum of the scores of the detections assigned to each track
+        self._llr = np.zeros(0)  # sum over them of log p(score | on a confirmed track) / p(score | dropped tentative)
 
     # ------------------------------------------------------------------ public
 
@@ -515,6 +535,7 @@ class ByteTracker:
             self._all_hist *= _DECAY
             np.add.at(self._all_hist, _bin(scores[valid]), 1.0)
         high_t, new_t, confirm_t = self.thresholds()
+        det_llr = self._score_llr(scores)
         high = np.flatnonzero(scores >= high_t)
         # low-score detections down to `keep_thresh` (below `low_thresh` too) may continue a recent confirmed track
         low = np.flatnonzero((scores >= self.keep_thresh) & (scores < high_t))
@@ -622,6 +643,8 @@ class ByteTracker:
             self._last_time[rows] = now
             self._last_box[rows] = boxes[hit]
             self._best_score[rows] = np.maximum(self._best_score[rows], scores[hit])
+            self._score_sum[rows] += scores[hit]
+            self._llr[rows] += det_llr[hit]
         self._hits[~matched] = 0
         self._state[~matched & (self._state == _TRACKED)] = _LOST
 
@@ -629,7 +652,7 @@ class ByteTracker:
         # consecutive detections to be confirmed
         if len(new):
             det_track[new] = np.arange(len(self._id), len(self._id) + len(new))
-            self._spawn(boxes[new], scores[new], labels[new], now, scores[new] < new_t, heir, near)
+            self._spawn(boxes[new], scores[new], labels[new], now, scores[new] < new_t, heir, near, det_llr[new])
 
         # 6. confirmation (at once on a stream's first update), then removal of dead tracks
         hits = self._frames if self.tentative_keep_s > 0 else self._hits
@@ -640,6 +663,11 @@ class ByteTracker:
         if self.weak_confirm_s > 0:
             # weak tentatives: an unbroken streak (they die at their first miss) of at least `weak_confirm_s`
             streak = (self._hits >= max(2, self.n_init)) & (now - self._first_time >= self.weak_confirm_s - 1e-6)
+            if self.weak_llr is not None and self.clutter() > self.clutter_thresh:
+                # among frequent false positives a streak must also be scored like the objects on tracks more than
+                # like the tentatives that never lasted: a false positive repeated in place for a frame or two
+                # passes the streak, not this (it dies at its first miss)
+                streak &= self._llr >= self.weak_llr
             confirm = np.where(self._weak, streak, confirm)
         merged = np.zeros(len(self._id), bool)
         for row in np.flatnonzero((self._state == _TENTATIVE) & confirm):
@@ -667,6 +695,10 @@ class ByteTracker:
             (now - self._last_time > self.tentative_keep_s) | self._weak)
         self._weight = self._weight * _DECAY + 1.0
         self._dropped = self._dropped * _DECAY + float(np.count_nonzero(dead))
+        if self.adaptive:
+            gone = np.flatnonzero(dead)
+            self._dropped_hist *= _DECAY
+            np.add.at(self._dropped_hist, _bin(self._score_sum[gone] / self._frames[gone]), self._frames[gone])
         dead |= (self._state == _LOST) & (now - self._last_time > self.track_buffer_s) & ~merged
 
         ids = np.full(n, -1, np.int64)
@@ -724,6 +756,15 @@ class ByteTracker:
         return high, high + offset, confirm
 
     # ------------------------------------------------------------------ internals
+
+    def _score_llr(self, scores: np.ndarray) -> np.ndarray:
+        """Per score: log of its likelihood on a confirmed track over that on a tentative track dropped
+        unconfirmed, from the running histograms (add-one smoothed); 0 until both hold ``_MIN_ON`` detections."""
+        on, dropped = self._on_hist, self._dropped_hist
+        if self.weak_llr is None or not self.adaptive or min(on.sum(), dropped.sum()) < _MIN_ON:
+            return np.zeros(len(scores))
+        b = _bin(scores)
+        return np.log((on[b] + 1.0) / (on.sum() + _BINS)) - np.log((dropped[b] + 1.0) / (dropped.sum() + _BINS))
 
     def _clock(self, timestamp: float | None) -> float:
         if timestamp is not None:
@@ -840,7 +881,8 @@ class ByteTracker:
         return heir, near
 
     def _spawn(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, now: float,
-               weak: np.ndarray, heir: np.ndarray | None = None, near: np.ndarray | None = None) -> None:
+               weak: np.ndarray, heir: np.ndarray | None = None, near: np.ndarray | None = None,
+               llr: np.ndarray | None = None) -> None:
         k = len(boxes)
         z = _xyxy_to_cxcywh(boxes)
         mean = np.zeros((k, 4, 2))
@@ -855,14 +897,15 @@ class ByteTracker:
             "_first_time": np.full(k, now), "_last_time": np.full(k, now), "_first_score": scores,
             "_best_score": scores, "_first_box": boxes, "_last_box": boxes, "_weak": weak,
             "_heir": np.zeros(k, np.int64) if heir is None else heir,
-            "_near": np.zeros(k, bool) if near is None else near,
+            "_near": np.zeros(k, bool) if near is None else near, "_score_sum": scores,
+            "_llr": np.zeros(k) if llr is None else llr,
         }
         for name, value in add.items():
             setattr(self, name, np.concatenate([getattr(self, name), value]))
 
     def _keep(self, keep: np.ndarray) -> None:
         for name in ("_mean", "_cov", "_id", "_label", "_state", "_hits", "_frames", "_first_time", "_last_time",
-                     "_first_score", "_best_score", "_first_box", "_last_box", "_weak", "_heir", "_near"):
+                     "_first_score", "_best_score", "_first_box", "_last_box", "_weak", "_heir", "_near", "_score_sum", "_llr"):
             setattr(self, name, getattr(self, name)[keep])
 
     def _end(self, rows: np.ndarray) -> list[TrackEnd]:
