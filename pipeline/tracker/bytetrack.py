@@ -329,8 +329,8 @@ class ByteTracker:
             - log p(score | on a tentative track dropped unconfirmed) is at least this (running, add-one smoothed
             score histograms; a detection adds 0 until both hold 20 detections). A weak streak of false positives
             repeated in place is scored like the tentatives that never lasted; a person coming out weakly from
-            behind an occluder, like the people on tracks. None turns it off. -2 was chosen on the tuning regimes
-            (issue 14's sixteenth attempt, docs/tracking.md).
+            behind an occluder, like the people on tracks. None turns it off, and so does ``adaptive=False`` (no
+            histograms). -2 was chosen on the tuning regimes (issue 14's sixteenth attempt, docs/tracking.md).
     """
 
     def __init__(
