@@ -134,8 +134,14 @@ def test_beyond_the_bound_the_oldest_of_the_outage_are_dropped_and_counted_exact
         events = server_client.xrange(events_key("bound"))
         assert len(events) + (pub["dropped_entries"] - frame_drops) == events_put  # events too
         if engine_drops == 0:  # (the engine keeps up at 25 fps unless the machine is very busy)
+            # One contiguous run of frames ... except for at most one chunk that was in flight when the bound was
+            # enforced: maybe written, it is never dropped (pipeline/events/outbox.py), so on a slow reconnect it can
+            # land inside the run (seen on a loaded machine: 14-77 dropped, 78-83 in flight, 84-... dropped).
             gap = [f for f in range(missing[0], missing[-1] + 1)]
-            assert missing == gap  # one contiguous run of frames ...
+            kept_inside = sorted(set(gap) - set(missing))
+            assert len(kept_inside) <= bound // 4  # the writer's chunk: a quarter of the bound at most
+            if kept_inside:  # one chunk: consecutive frames
+                assert kept_inside == list(range(kept_inside[0], kept_inside[-1] + 1))
             before, after = stored[frames.index(missing[0] - 1)][1], stored[frames.index(missing[-1] + 1)][1]
             assert float(before["capture_ts"]) < killed_at + 0.5  # ... starting when Redis died: the oldest ones
             assert float(after["capture_ts"]) > restarted_at - 3.0  # the newest were kept
