@@ -905,7 +905,8 @@ class ByteTracker:
 
     def _keep(self, keep: np.ndarray) -> None:
         for name in ("_mean", "_cov", "_id", "_label", "_state", "_hits", "_frames", "_first_time", "_last_time",
-                     "_first_score", "_best_score", "_first_box", "_last_box", "_weak", "_heir", "_near", "_score_sum", "_llr"):
+                     "_first_score", "_best_score", "_first_box", "_last_box", "_weak", "_heir", "_near", "_score_sum",
+                     "_llr"):
             setattr(self, name, getattr(self, name)[keep])
 
     def _end(self, rows: np.ndarray) -> list[TrackEnd]:
