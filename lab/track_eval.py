@@ -166,21 +166,26 @@ TrackFn = Callable[[np.ndarray, np.ndarray, np.ndarray, float], tuple[np.ndarray
 
 def make_tracker(name: str, fps: float, params: dict[str, Any] | None = None,
                  frame_size: tuple[int, int] | None = None) -> TrackFn:
-    """A fresh tracker for one clip: ``ours``, ``ours-agnostic`` (class_aware=False), ``bytetrack``, ``ocsort``
+    """A fresh tracker for one clip: ``ours``, ``ours-agnostic`` (class_aware=False), ``ours-detections`` (only the
+    detector's boxes, none predicted for missed objects: ``coast_s=0``, as the peers report), ``bytetrack``, ``ocsort``
     (the `trackers` package's, default settings) and ``bytetrack-tuned``, ``ocsort-tuned`` (:data:`TUNED_PARAMS`).
     ``frame_size`` (width, height) of the clip's frames goes to ours (the peers take none)."""
     params = {**TUNED_PARAMS.get(name, {}), **(params or {})}
     name = name.removesuffix("-tuned")
-    if name in ("ours", "ours-agnostic"):
+    if name in ("ours", "ours-agnostic", "ours-detections"):
         if name == "ours-agnostic":
             params["class_aware"] = False
+        if name == "ours-detections":
+            params["coast_s"] = 0.0
         ours = ByteTracker(frame_rate=fps, **params)
 
         def run_ours(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                      ts: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             ids = ours.update(boxes, scores, labels, timestamp=ts, frame_size=frame_size)
             keep = ids > 0
-            return boxes[keep], labels[keep], ids[keep]
+            p = ours.predicted  # objects the detector missed, where ours reports them (coast_s)
+            return (np.concatenate([boxes[keep], p.boxes]), np.concatenate([labels[keep], p.labels]),
+                    np.concatenate([ids[keep], p.track_ids]))
 
         return run_ours
     import supervision as sv
@@ -373,7 +378,9 @@ def table(scores: Sequence[Score]) -> str:
 
 # --------------------------------------------------------------------------- regime matrix
 
-REGIME_TRACKERS = ("ours", "bytetrack", "bytetrack-tuned", "ocsort", "ocsort-tuned", "botsort", "botsort-tuned")
+# ours-detections: ours reporting only the detector's boxes, as the peers do (no predicted boxes for missed objects)
+REGIME_TRACKERS = ("ours", "ours-detections", "bytetrack", "bytetrack-tuned", "ocsort", "ocsort-tuned", "botsort",
+                   "botsort-tuned")
 #: The peers' grid: each peer at its defaults plus these settings, scored on the ``tune`` regimes only
 #: (``eval-tracking --tune-peers``); the best mean of MOTA and IDF1 becomes its ``-tuned`` entry in TUNED_PARAMS.
 PEER_GRID: dict[str, list[dict[str, Any]]] = {
@@ -560,7 +567,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="keep every k-th frame of the ordinary clips, for each k (default 1,2,3)")
     p.add_argument("--crowd-strides", default="1", help="same for the crowded clips (default 1)")
     p.add_argument("--trackers", default=None,
-                   help="comma-separated: ours, ours-agnostic, bytetrack[-tuned], ocsort[-tuned], botsort[-tuned] "
+                   help="comma-separated: ours, ours-detections, ours-agnostic, bytetrack[-tuned], ocsort[-tuned], "
+                        "botsort[-tuned] "
                         f"(default: {','.join(REGIME_TRACKERS)} on regimes, {','.join(DEFAULT_TRACKERS)} on detector)")
     p.add_argument("--class-agnostic-eval", action="store_true",
                    help="match tracker boxes to ground truth regardless of label")

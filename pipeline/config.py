@@ -269,6 +269,14 @@ class BatchingConfig(_Strict):
     max_delay_ms: float = Field(20.0, ge=0.0, le=10_000.0)
 
 
+class TrackerConfig(_Strict):
+    coast_s: float = Field(
+        0.2, ge=0.0, le=5.0,
+        description="Seconds an object on a published track that the detector misses is still published, at the box "
+                    "the tracker predicts, marked predicted (docs/events.md); 0: only the detector's boxes.",
+    )
+
+
 class RedisConfig(_Strict):
     url: str | None = Field(None, description="redis://, rediss:// or unix:// URL; none: embedded server.")
     prefix: str = Field("rpn", pattern=r"^[A-Za-z0-9_.:-]+$")
@@ -394,6 +402,7 @@ class PipelineConfig(_Strict):
     cameras: list[CameraConfig] = Field(default_factory=list)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)

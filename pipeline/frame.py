@@ -64,6 +64,8 @@ class FrameResult:
     frame: Frame
     detections: Detections
     track_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    # per detection: True where the tracker predicted the box of an object the detector missed (empty: none)
+    predicted: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
     analytics: object | None = None  # zones and lines to draw (pipeline.analytics Overlay), frames with an image
 
 

@@ -30,7 +30,7 @@ from pipeline.monitor.metrics import PipelineMetrics
 from pipeline.events.publisher import EventPublisher, PublisherStage, PublisherStats, make_outbox
 from pipeline.sources.decoder import Backoff, SourceSpec, VideoSource
 from pipeline.stage import Channel, RunContext, Stage, StreamStats
-from pipeline.tracker.stage import TrackerStage, engine_score_threshold
+from pipeline.tracker.stage import ByteTracker, TrackerStage, engine_score_threshold
 from pipeline.monitor.view import LiveView, ViewStage
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,8 @@ class Pipeline:
                           keep_images="all" if self.writer else "latest", on_batch=self.metrics.observe_batch,
                           keep=keep),
             TrackerStage(detected, tracked, self.ctx, detector.label_names, self.events.publish,
-                         publish_threshold=config.engine.score_threshold),
+                         publish_threshold=config.engine.score_threshold,
+                         new_tracker=lambda: ByteTracker(coast_s=config.tracker.coast_s)),
             AnalyticsStage(tracked, counted, self.ctx, detector.label_names, self.events.publish),
             ViewStage(counted, viewed, self.ctx, self.view, self.writer, self._is_live,
                       self.metrics.frame_age.observe, self._on_stream_drained),

@@ -136,12 +136,15 @@ def test_only_chosen_labels_reach_redis(make_video: Callable[..., Path], detecto
                                         prefix: str) -> None:
     video = make_video(40, seed=3)
     everything = run_pipeline({"all": video}, detector, rclient, prefix)
-    objects = [o for e in entries(rclient, prefix, "all") for o in e["objects"]]  # type: ignore[union-attr]
+    # the detector's own boxes (the tracker's predictions for missed objects depend on the other labels' tracks)
+    objects = [o for e in entries(rclient, prefix, "all") for o in e["objects"]  # type: ignore[union-attr]
+               if not o.get("predicted")]
     people = [o for o in objects if o["label"] == "person"]
     assert everything.ok and people and {o["label"] for o in objects} > {"person"}  # the scene has other labels
 
     chosen = run_pipeline({"people": video}, detector, rclient, prefix, engine={"classes": ["person"]})
-    kept = [o for e in entries(rclient, prefix, "people") for o in e["objects"]]  # type: ignore[union-attr]
+    kept = [o for e in entries(rclient, prefix, "people") for o in e["objects"]  # type: ignore[union-attr]
+            if not o.get("predicted")]
     assert chosen.ok and kept and {o["label"] for o in kept} == {"person"}
     assert chosen.streams["people"]["published"] == 40
 
@@ -150,7 +153,8 @@ def test_only_chosen_labels_reach_redis(make_video: Callable[..., Path], detecto
     min_area = areas[len(areas) // 2]
     filtered = run_pipeline({"big": video}, detector, rclient, prefix,
                             engine={"classes": ["person", "car"], "filters": {"person": {"min_area": min_area}}})
-    big = [o for e in entries(rclient, prefix, "big") for o in e["objects"]]  # type: ignore[union-attr]
+    big = [o for e in entries(rclient, prefix, "big") for o in e["objects"]  # type: ignore[union-attr]
+           if not o.get("predicted")]
     big_people = [o for o in big if o["label"] == "person"]
     assert filtered.ok and {o["label"] for o in big} <= {"person", "car"}
     assert 0 < len(big_people) < len(people)

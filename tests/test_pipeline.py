@@ -58,6 +58,31 @@ def test_file_of_n_frames_yields_n_entries_in_order(make_video: Callable[..., Pa
     assert set(tracked) == started == ended  # every track starts once and ends once (at the latest, at stream end)
 
 
+def test_objects_the_detector_misses_are_published_predicted_unless_turned_off(
+        make_video: Callable[..., Path], detector: Detector, rclient: redis.Redis, prefix: str) -> None:
+    """The same file twice: by default the tracker's predicted boxes for objects the detector missed are published
+    beside the detector's own (marked predicted, on a track already published, in the frame); with
+    `tracker.coast_s: 0` only the detector's boxes are, and those are the same in both runs."""
+    video = make_video(60, seed=4)
+    assert run_pipeline({"on": video}, detector, rclient, prefix).ok
+    assert run_pipeline({"off": video}, detector, rclient, prefix, tracker={"coast_s": 0}).ok
+    on, off = entries(rclient, prefix, "on"), entries(rclient, prefix, "off")
+    assert len(on) == len(off) == 60
+    predicted = [(e["frame"], o) for e in on for o in e["objects"] if o.get("predicted")]  # type: ignore[union-attr]
+    assert predicted, "the detector missed nothing on this clip: no predicted box to check"
+    assert not any(o.get("predicted") for e in off for o in e["objects"])  # type: ignore[union-attr]
+    ids: dict[int, set[int]] = {}  # frame -> ids of the detector's boxes there
+    for e in on:
+        ids[e["frame"]] = {o["track_id"] for o in e["objects"] if not o.get("predicted")}  # type: ignore[index, union-attr]
+    published = {i for s in ids.values() for i in s}
+    for frame, o in predicted:
+        assert o["track_id"] in published and o["track_id"] not in ids[frame]  # a known track, missed in this frame
+        x1, y1, x2, y2 = o["box"]
+        assert 0 <= x1 <= x2 <= 320 and 0 <= y1 <= y2 <= 240
+    for a, b in zip(on, off):
+        mine = sorted((o["label"], o["score"], o["box"]) for o in a["objects"] if not o.get("predicted"))  # type: ignore[union-attr]
+        assert mine == sorted((o["label"], o["score"], o["box"]) for o in b["objects"])  # type: ignore[union-attr]
+
 def test_two_files_at_once_both_complete(make_video: Callable[..., Path], detector: Detector,
                                          rclient: redis.Redis, prefix: str) -> None:
     report = run_pipeline({"a": make_video(30, seed=1), "b": make_video(45, seed=2)}, detector, rclient, prefix,

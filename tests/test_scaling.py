@@ -30,7 +30,8 @@ def test_a_large_camera_is_detected_at_the_engine_size_and_published_in_source_p
         reference = detector.detect([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     assert sum(len(d) for d in reference) > 0
     for entry, ref in zip(got, reference):
-        boxes = np.array([o["box"] for o in entry["objects"]], np.float32).reshape(-1, 4)  # type: ignore[union-attr]
+        boxes = np.array([o["box"] for o in entry["objects"] if not o.get("predicted")],  # type: ignore[union-attr]
+                         np.float32).reshape(-1, 4)  # the detector's own boxes, not the tracker's predictions
         assert abs(len(boxes) - len(ref)) <= 1
         for box in boxes:  # in source pixels, where the reference has it (a few px of a 1280 px frame)
             assert np.abs(ref.boxes - box).max(axis=1).min() < 12, (box, ref.boxes)

@@ -1,9 +1,11 @@
 """Stage policies in isolation, on real threads and channels: batching."""
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
+import pytest
 
 from pipeline.inference.batcher import Batcher
 from pipeline.frame import END, Batch, Frame, StreamEnd
@@ -119,6 +121,44 @@ def test_tracker_stage_uses_low_scores_for_identity_but_publishes_and_announces_
     ended = [e for e in events if e["type"] == "track_ended"]
     assert [int(e["track_id"]) for e in started] == list(ids) == [int(e["track_id"]) for e in ended]
 
+
+def test_tracker_stage_publishes_a_missed_object_at_its_predicted_box_marked_predicted() -> None:
+    """The detector misses a walking person for 8 frames: for the tracker's `coast_s` (0.2 s, 5 frames at 25 fps) the
+    stage publishes the person's track at the predicted box, marked predicted, in the frame entry a subscriber reads
+    (valid against the schema); then nothing, and the same id when the person is detected again."""
+    from engines.base import Detections
+    from pipeline.events.contract import frame_entry, validate_entry
+    from pipeline.frame import BatchResult, FrameResult
+    from pipeline.tracker.stage import TrackerStage
+
+    inbox: Channel[object] = Channel("in", 100)
+    outbox: Channel[object] = Channel("out", 100)
+    stage = TrackerStage(inbox, outbox, RunContext(), ("__background__", "person"), None, publish_threshold=0.5)
+    stage.start()
+    objects: list[list[dict[str, object]]] = []
+    for i in range(20):
+        x = 100.0 + 4 * i
+        seen = not 10 <= i < 18
+        boxes = np.array([[x, 50, x + 30, 130]] if seen else np.zeros((0, 4)), np.float32)
+        frame = Frame("cam", i, i / 25, time.time(), None, width=640, height=360)
+        det = Detections(boxes, np.full(len(boxes), 0.9, np.float32), np.ones(len(boxes), np.int64))
+        inbox.put(BatchResult([FrameResult(frame, det)]))
+        out = outbox.get(timeout=30)
+        assert isinstance(out, BatchResult)
+        fields = frame_entry(out.results[0], ("__background__", "person"), time.time())
+        validate_entry(fields)
+        objects.append(json.loads(fields["objects"]))
+    inbox.put(END)
+    stage.join(5)
+    (tid,) = {o["track_id"] for frame in objects for o in frame}
+    assert tid is not None
+    assert [len(frame) for frame in objects[10:18]] == [1, 1, 1, 1, 1, 0, 0, 0]
+    for i in range(10, 15):
+        (o,) = objects[i]
+        assert o["predicted"] is True and o["score"] == pytest.approx(0.9)
+        box = o["box"]
+        assert isinstance(box, list) and abs(box[0] - (100.0 + 4 * i)) < 4, f"frame {i}: {box} off the walk"
+    assert all("predicted" not in o for i, frame in enumerate(objects) if not 10 <= i < 18 for o in frame)
 
 def test_tracker_stage_gives_the_tracker_the_frame_size_so_no_id_passes_across_the_border() -> None:
     """A person walks out at the right edge of 640x360 frames (boxes clipped to the frame, as the detector does), and

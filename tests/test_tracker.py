@@ -66,6 +66,51 @@ def test_object_missing_for_a_few_frames_gets_its_id_back() -> None:
     assert int(step(tracker, (box(x(20), 100), 0.9, PERSON), t=20 / FPS)[0]) == tid
 
 
+def test_a_missed_object_is_reported_at_its_predicted_box_for_coast_s() -> None:
+    """The detector misses a walking person: for `coast_s` after its last detection the track is reported where it
+    predicts the person (same id, the track's best score), then not at all; a tentative track never is."""
+    tracker = ByteTracker(frame_rate=FPS, coast_s=0.1)
+    x = lambda f: 50 + 6 * f  # noqa: E731 - 150 px/s
+    scores = [0.9, 0.8, 0.85, 0.95, 0.8, 0.9, 0.85, 0.9]
+    for f, s in enumerate(scores):
+        (tid,) = step(tracker, (box(x(f), 100), s, PERSON), t=f / FPS)
+        assert len(tracker.predicted) == 0
+    shown = []
+    for f in range(8, 14):  # missed from frame 8 on; 0.1 s is 2.5 frame periods
+        step(tracker, t=f / FPS)
+        p = tracker.predicted
+        shown.append(len(p))
+        if len(p):
+            assert (int(p.track_ids[0]), int(p.labels[0])) == (tid, PERSON)
+            assert p.scores[0] == pytest.approx(max(scores))
+            assert _iou(list(p.boxes[0]), box(x(f), 100)) > 0.7, f"predicted box off the walk at frame {f}"
+    assert shown == [1, 1, 0, 0, 0, 0]
+    assert int(step(tracker, (box(x(14), 100), 0.9, PERSON), t=14 / FPS)[0]) == tid  # found again, same id
+    # a tentative track (one detection, scored below the instant threshold) is never predicted
+    step(tracker, (box(x(15), 100), 0.9, PERSON), (box(400, 300), 0.3, CAR), t=15 / FPS)
+    step(tracker, (box(x(16), 100), 0.9, PERSON), t=16 / FPS)
+    assert len(tracker.predicted) == 0
+    # off: nothing is predicted
+    off = ByteTracker(frame_rate=FPS, coast_s=0.0)
+    for f in range(8):
+        step(off, (box(x(f), 100), 0.9, PERSON), t=f / FPS)
+    step(off, t=8 / FPS)
+    assert len(off.predicted) == 0 and off.active_tracks == 1
+
+
+def test_an_object_predicted_out_of_the_frame_is_not_reported() -> None:
+    """A person walking out of the left edge and then missed: with the frame size known, a predicted box whose centre
+    lies outside the view is not reported."""
+    tracker = ByteTracker(frame_rate=FPS, coast_s=0.2)
+    x = lambda f: 60 - 10 * f  # noqa: E731 - leaving to the left, 250 px/s
+    for f in range(5):
+        step(tracker, (box(x(f), 100), 0.9, PERSON), t=f / FPS, size=(640, 360))
+    step(tracker, t=5 / FPS, size=(640, 360))  # predicted centre x = 10: still inside
+    assert len(tracker.predicted) == 1
+    step(tracker, t=7 / FPS, size=(640, 360))  # the walk's centre x = -10: gone, though within coast_s
+    assert len(tracker.predicted) == 0
+    assert tracker.active_tracks == 1  # the track itself is kept (lost) as usual
+
 def test_rescue_buffer_keeps_the_id_of_an_object_that_stopped_while_unseen() -> None:
     """A fast object (150 px/s, 20 px wide) stops while missed for two frames and reappears off its predicted box:
     by default it starts a new track; with ``rescue_buffer`` the lost track's box, widened by its uncertainty,

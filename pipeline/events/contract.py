@@ -188,7 +188,7 @@ def frame_entry(result: FrameResult, label_names: Sequence[str], publish_ts: flo
     boxes = np.asarray(det.boxes, np.float64).round(1).tolist()
     scores = np.asarray(det.scores, np.float64).round(4).tolist()
     n = len(label_names)
-    objects = [
+    objects: list[dict[str, Any]] = [
         {
             "track_id": track_id if track_id > 0 else None,
             "label": label_names[label] if 0 <= label < n else str(label),
@@ -197,6 +197,8 @@ def frame_entry(result: FrameResult, label_names: Sequence[str], publish_ts: flo
         }
         for box, score, label, track_id in zip(boxes, scores, det.labels.tolist(), np.asarray(result.track_ids).tolist())
     ]
+    for i in np.flatnonzero(np.asarray(result.predicted, bool)).tolist():  # the key only where true: small entries
+        objects[i]["predicted"] = True
     return {
         "v": _VERSION,
         "camera": frame.stream,

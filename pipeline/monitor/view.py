@@ -37,6 +37,7 @@ class _Latest:
     track_ids: np.ndarray
     image: np.ndarray | None = None
     overlay: object | None = None  # zones and lines (pipeline.analytics Overlay)
+    predicted: np.ndarray | None = None  # per box: predicted by the tracker for a missed object (FrameResult)
 
 
 @dataclass
@@ -61,7 +62,7 @@ class LiveView:
     def update(self, result: FrameResult, latency_s: float, now: float | None = None) -> None:
         frame, det = result.frame, result.detections
         latest = _Latest(frame.index, frame.pts, frame.capture_time, frame.width, frame.height, det.boxes,
-                         det.scores, det.labels, result.track_ids, frame.image, result.analytics)
+                         det.scores, det.labels, result.track_ids, frame.image, result.analytics, result.predicted)
         now = time.monotonic() if now is None else now
         with self._lock:
             cam = self._cameras.setdefault(frame.stream, _Camera())
@@ -108,11 +109,14 @@ class LiveView:
             latest = cam.latest if cam is not None else None
         if latest is None:
             return None
-        objects = [
+        objects: list[dict[str, object]] = [
             {"track_id": int(t) if t > 0 else None, "label": self._label(int(lab)), "score": round(float(s), 4),
              "box": [round(float(v), 1) for v in box]}
             for box, s, lab, t in zip(latest.boxes, latest.scores, latest.labels, latest.track_ids)
         ]
+        if latest.predicted is not None:
+            for i in np.flatnonzero(latest.predicted).tolist():  # as in the Redis frame entries (docs/events.md)
+                objects[i]["predicted"] = True
         return {"index": latest.index, "pts": round(latest.pts, 6), "capture_ts": round(latest.capture_time, 6),
                 "width": latest.width, "height": latest.height, "objects": objects}
 

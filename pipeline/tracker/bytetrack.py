@@ -87,7 +87,9 @@ element-wise numpy. That is what keeps ``update`` well under a millisecond with 
 
 Lifecycle for events: after each ``update``, :attr:`ByteTracker.started` lists the tracks confirmed by it
 (:class:`TrackStart`) and :attr:`ByteTracker.ended` the confirmed tracks it removed (:class:`TrackEnd`);
-:meth:`ByteTracker.finish` ends all remaining tracks (stream end).
+:meth:`ByteTracker.finish` ends all remaining tracks (stream end). :attr:`ByteTracker.predicted` holds the confirmed
+tracks the detector missed in that update, at their predicted boxes, for at most ``coast_s`` after their last
+detection (:class:`Predicted`): a missed frame does not make an object blink out of the output.
 
 Defaults were chosen on the ``tune`` regimes of the tracker regime matrix (lab/track_regimes.py: simulated detectors
 on synthetic trajectories) and are reported on the held-out regimes, including real pedestrian motion (TUD):
@@ -100,7 +102,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["LOW_THRESH", "ByteTracker", "TrackEnd", "TrackStart", "iou_matrix"]
+__all__ = ["LOW_THRESH", "ByteTracker", "Predicted", "TrackEnd", "TrackStart", "iou_matrix"]
 
 #: ``ByteTracker``'s default ``low_thresh``: detections below it only continue recent tracks (``keep_thresh``).
 LOW_THRESH = 0.1
@@ -138,6 +140,23 @@ class TrackEnd:
     frames: int  # updates in which a detection was assigned to it
     best_score: float
     box: tuple[float, float, float, float]  # last detection's box, x1 y1 x2 y2
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """Confirmed tracks whose object the detector missed in this update, at the box the tracker predicts for it."""
+
+    track_ids: np.ndarray  # int64 [K]
+    boxes: np.ndarray  # float64 [K, 4]: x1 y1 x2 y2 at the update's timestamp, clipped to the frame if its size is known
+    labels: np.ndarray  # int64 [K]
+    scores: np.ndarray  # float64 [K]: each track's best detection score
+
+    def __len__(self) -> int:
+        return int(self.track_ids.shape[0])
+
+    @staticmethod
+    def empty() -> Predicted:
+        return Predicted(np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0))
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -331,6 +350,11 @@ class ByteTracker:
             repeated in place is scored like the tentatives that never lasted; a person coming out weakly from
             behind an occluder, like the people on tracks. None turns it off, and so does ``adaptive=False`` (no
             histograms). -2 was chosen on the tuning regimes (issue 14's sixteenth attempt, docs/tracking.md).
+        coast_s: a confirmed track whose object the detector missed is reported at its predicted box
+            (:attr:`predicted`) for at most this many seconds after its last detection -- a missed frame or two, an
+            object half hidden for a moment -- so it does not blink out of the output. 0 turns it off.
+        coast_min_frames: only tracks with at least this many detections are reported while missed: their motion
+            is known well enough to predict.
     """
 
     def __init__(
@@ -374,6 +398,8 @@ class ByteTracker:
         rank_hmiou: bool = True,
         settled_hmiou: float = 0.08,
         weak_llr: float | None = -2.0,
+        coast_s: float = 0.2,
+        coast_min_frames: int = 3,
     ) -> None:
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
@@ -403,6 +429,10 @@ class ByteTracker:
             raise ValueError(f"settled_hmiou must be in [0, 1], got {settled_hmiou}")
         if weak_llr is not None and not np.isfinite(weak_llr):
             raise ValueError(f"weak_llr must be a finite log-likelihood ratio or None, got {weak_llr}")
+        if coast_s < 0:
+            raise ValueError(f"coast_s must be >= 0, got {coast_s}")
+        if coast_min_frames < 1:
+            raise ValueError(f"coast_min_frames must be >= 1, got {coast_min_frames}")
         if steady_s < 0:
             raise ValueError(f"steady_s must be >= 0, got {steady_s}")
         if velocity_clip < 0:
@@ -445,6 +475,8 @@ class ByteTracker:
         self.rank_hmiou = bool(rank_hmiou)
         self.settled_hmiou = float(settled_hmiou)
         self.weak_llr = None if weak_llr is None else float(weak_llr)
+        self.coast_s = float(coast_s)
+        self.coast_min_frames = int(coast_min_frames)
         # Running score histograms (exponentially forgotten): scores of detections on established tracks (true
         # objects, mostly) and of detections left on no track (false positives, mostly). The adaptive thresholds
         # split them where the fewest detections fall on the wrong side.
@@ -463,6 +495,8 @@ class ByteTracker:
         self.started: list[TrackStart] = []
         #: Confirmed tracks removed by the last `update` (or by `finish`).
         self.ended: list[TrackEnd] = []
+        #: Confirmed tracks missed by the detector in the last `update`, at their predicted boxes (``coast_s``).
+        self.predicted = Predicted.empty()
         self._next_id = 1
         self._time: float | None = None  # timestamp of the last update
         self._updates = 0
@@ -708,11 +742,13 @@ class ByteTracker:
         if dead.any() or merged.any():
             self.ended = self._end(np.flatnonzero(dead & (self._state != _TENTATIVE)))
             self._keep(~(dead | merged))
+        self.predicted = self._coasting(now, frame_size)
         return ids
 
     def finish(self) -> list[TrackEnd]:
         """End every confirmed track (stream end) and return them (also in :attr:`ended`); the tracker empties."""
         self.started = []
+        self.predicted = Predicted.empty()
         self.ended = self._end(np.flatnonzero(self._state != _TENTATIVE))
         self._keep(np.zeros(len(self._id), bool))
         return self.ended
@@ -908,6 +944,22 @@ class ByteTracker:
                      "_first_score", "_best_score", "_first_box", "_last_box", "_weak", "_heir", "_near", "_score_sum",
                      "_llr"):
             setattr(self, name, getattr(self, name)[keep])
+
+    def _coasting(self, now: float, frame_size: tuple[int, int] | None) -> Predicted:
+        """Lost tracks within ``coast_s`` of their last detection, at their predicted boxes (centre in the frame)."""
+        rows = (self._state == _LOST) & (self._frames >= self.coast_min_frames) & (
+            now - self._last_time <= self.coast_s * (1 + 1e-6))  # a frame period later, whatever the pts rounding
+        if not rows.any():
+            return Predicted.empty()
+        rows = np.flatnonzero(rows)
+        state = self._mean[rows, :, 0]
+        boxes = _cxcywh_to_xyxy(state)
+        if frame_size is not None:  # an object whose predicted centre left the view is not there to see
+            w, h = frame_size
+            inside = (state[:, 0] > 0) & (state[:, 0] < w) & (state[:, 1] > 0) & (state[:, 1] < h)
+            rows = rows[inside]
+            boxes = np.clip(boxes[inside], 0.0, [w, h, w, h])  # as the detector clips its boxes
+        return Predicted(self._id[rows], boxes, self._label[rows], self._best_score[rows])
 
     def _end(self, rows: np.ndarray) -> list[TrackEnd]:
         return [

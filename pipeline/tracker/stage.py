@@ -1,7 +1,9 @@
 """Tracker stage: gives detections identities, one `ByteTracker` per camera, and publishes track lifecycle events.
 
 `ByteTracker` (pipeline/tracker/bytetrack.py) predicts by each frame's pts, so dropped frames do not break identities.
-A detection not (yet) assigned to a confirmed track is published with `track_id` null.
+A detection not (yet) assigned to a confirmed track is published with `track_id` null. An object on a published
+track that the detector misses is published for a moment (the tracker's ``coast_s``) at the box the tracker predicts
+for it, marked ``predicted`` (`FrameResult.predicted`), so it does not blink out of the output.
 
 The engine hands the tracker detections down to the tracker's low threshold (:func:`engine_score_threshold`), so
 that ByteTrack's low-score association keeps an occluded object's track; only those at or above
@@ -71,9 +73,18 @@ class TrackerStage(Stage):
             ids = tracker.update(det.boxes, det.scores, det.labels, timestamp=frame.pts, frame_size=size)
             published = det.scores >= self.publish_threshold
             if not published.all():  # low-score detections served the association only
-                result.detections = Detections(det.boxes[published], det.scores[published], det.labels[published])
+                det = Detections(det.boxes[published], det.scores[published], det.labels[published])
                 ids = ids[published]
+            pred = tracker.predicted
+            seen = np.isin(pred.track_ids, np.fromiter(self._announced[camera], np.int64))  # tracks a subscriber knows
+            if seen.any():
+                det = Detections(np.concatenate([det.boxes, pred.boxes[seen].astype(np.float32)]),
+                                 np.concatenate([det.scores, pred.scores[seen].astype(np.float32)]),
+                                 np.concatenate([det.labels, pred.labels[seen]]))
+                ids = np.concatenate([ids, pred.track_ids[seen]])
+            result.detections = det
             result.track_ids = ids
+            result.predicted = np.arange(len(ids)) >= len(ids) - int(np.count_nonzero(seen))
             self._publish(camera, tracker.started, tracker.ended, ids)
         self.emit(item)
 
