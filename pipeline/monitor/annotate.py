@@ -54,10 +54,12 @@ def line_width(width: int, height: int) -> int:
 def annotate(
     image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, track_ids: np.ndarray,
     label_names: Sequence[str], overlay: Overlay | None = None, scale: tuple[float, float] = (1.0, 1.0),
+    predicted: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """The frame (uint8 HxWx3 RGB) with each detection's box and `label #track score` drawn, over the camera's
-    zones and lines if it has any; uint8 3xHxW. Boxes and zones are in source pixels, `scale` source pixels per
-    image pixel (x, y): the image may be the engine-sized one the detector saw."""
+    """The frame (uint8 HxWx3 RGB) with each detection's box and `label #track score` drawn (`label #track
+    predicted` on a box the tracker predicted for a missed object, `predicted` [N] bool), over the camera's zones
+    and lines if it has any; uint8 3xHxW. Boxes and zones are in source pixels, `scale` source pixels per image
+    pixel (x, y): the image may be the engine-sized one the detector saw."""
     if overlay is not None:
         image = draw_overlay(image, overlay, scale)
     boxes = boxes_to_image(boxes, scale)
@@ -65,10 +67,11 @@ def annotate(
     if len(boxes) == 0:
         return tensor
     texts, colours = [], []
-    for score, label, track_id in zip(scores.tolist(), labels.tolist(), track_ids.tolist()):
+    guessed = [False] * len(boxes) if predicted is None or len(predicted) != len(boxes) else predicted.tolist()
+    for score, label, track_id, guess in zip(scores.tolist(), labels.tolist(), track_ids.tolist(), guessed):
         name = label_names[label] if 0 <= label < len(label_names) else str(label)
         ident = f" #{track_id}" if track_id > 0 else ""  # not yet on a confirmed track: no id
-        texts.append(f"{name}{ident} {score:.2f}")
+        texts.append(f"{name}{ident} predicted" if guess else f"{name}{ident} {score:.2f}")
         colours.append(label_colour(int(label)))
     return draw_bounding_boxes(
         tensor, torch.as_tensor(boxes, dtype=torch.float32), labels=texts, colors=colours,
@@ -137,6 +140,7 @@ class AnnotatedJob:
     track_ids: np.ndarray
     overlay: Overlay | None = None
     scale: tuple[float, float] = (1.0, 1.0)  # source pixels per image pixel (boxes and zones are in source pixels)
+    predicted: np.ndarray | None = None  # per box: predicted by the tracker for a missed object (FrameResult)
 
 
 @dataclass
@@ -292,7 +296,7 @@ class AnnotatedVideoWriter(threading.Thread):
             self._stats(job.camera).files.append(str(out.path))
             log.info("camera %r: writing annotated video to %s", job.camera, out.path)
         drawn = annotate(job.image, job.boxes, job.scores, job.labels, job.track_ids, self.label_names, job.overlay,
-                          job.scale)
+                          job.scale, job.predicted)
         out.write(drawn.permute(1, 2, 0).numpy()[:h, :w], job.pts)
         self._stats(job.camera).written += 1
 

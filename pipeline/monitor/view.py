@@ -134,7 +134,7 @@ class LiveView:
                 # Boxes and zones are in source pixels; the image may be the engine-sized one the detector saw.
                 scale = (shown.width / shown.image.shape[1], shown.height / shown.image.shape[0])
                 drawn = annotate(shown.image, shown.boxes, shown.scores, shown.labels, shown.track_ids,
-                                 self.label_names, shown.overlay, scale)  # type: ignore[arg-type]
+                                 self.label_names, shown.overlay, scale, shown.predicted)  # type: ignore[arg-type]
                 cam.jpeg, cam.jpeg_index = to_jpeg(drawn), shown.index
             return cam.jpeg, cam.jpeg_index
 
@@ -176,7 +176,8 @@ class ViewStage(Stage):
             if self.writer is not None and frame.image is not None:
                 det = result.detections
                 job = AnnotatedJob(frame.stream, frame.image, frame.pts, det.boxes, det.scores, det.labels,
-                                   result.track_ids, result.analytics, frame.scale)  # type: ignore[arg-type]
+                                   result.track_ids, result.analytics, frame.scale,  # type: ignore[arg-type]
+                                   result.predicted)
                 # Files wait for the encoder (their video is complete); live cameras never do.
                 self.writer.submit(job, wait=not self.is_live(frame.stream), stop=self.ctx.discard)
             frame.image = None  # the view and the writer hold their own references
