@@ -948,7 +948,7 @@ class ByteTracker:
     def _coasting(self, now: float, frame_size: tuple[int, int] | None) -> Predicted:
         """Lost tracks within ``coast_s`` of their last detection, at their predicted boxes (centre in the frame)."""
         rows = (self._state == _LOST) & (self._frames >= self.coast_min_frames) & (
-            now - self._last_time <= self.coast_s * (1 + 1e-6))  # a frame period later, whatever the pts rounding
+            now - self._last_time <= self.coast_s * (1 + 1e-6))  # exactly coast_s ago counts, despite float error
         if not rows.any():
             return Predicted.empty()
         rows = np.flatnonzero(rows)
