@@ -114,6 +114,9 @@ _DECAY = 0.995  # per update: the histograms remember about the last 200 frames
 _MIN_ON = 20.0  # detections on established tracks needed before the thresholds adapt
 _SETTLED_FRAMES = 4  # detections after which a track's velocity is known (`clutter_iou` applies)
 _HMIOU_FRAMES = 3  # detections after which a track's box height is known well enough for `settled_hmiou`
+# The track table's columns (ByteTracker attributes, one row per track): `_spawn` appends rows, `_keep` selects them.
+_COLUMNS = ("_mean", "_cov", "_id", "_label", "_state", "_hits", "_frames", "_first_time", "_last_time", "_first_score",
+            "_best_score", "_first_box", "_last_box", "_weak", "_heir", "_near", "_score_sum", "_llr")
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ class Predicted:
     """Confirmed tracks whose object the detector missed in this update, at the box the tracker predicts for it."""
 
     track_ids: np.ndarray  # int64 [K]
-    boxes: np.ndarray  # float64 [K, 4]: x1 y1 x2 y2 at the update's timestamp, clipped to the frame if its size is known
+    boxes: np.ndarray  # float64 [K, 4]: x1 y1 x2 y2 at the update's timestamp, clipped to the frame (if known)
     labels: np.ndarray  # int64 [K]
     scores: np.ndarray  # float64 [K]: each track's best detection score
 
@@ -936,13 +939,11 @@ class ByteTracker:
             "_near": np.zeros(k, bool) if near is None else near, "_score_sum": scores,
             "_llr": np.zeros(k) if llr is None else llr,
         }
-        for name, value in add.items():
-            setattr(self, name, np.concatenate([getattr(self, name), value]))
+        for name in _COLUMNS:  # a column missing from `add` fails here, not as a misaligned table later
+            setattr(self, name, np.concatenate([getattr(self, name), add[name]]))
 
     def _keep(self, keep: np.ndarray) -> None:
-        for name in ("_mean", "_cov", "_id", "_label", "_state", "_hits", "_frames", "_first_time", "_last_time",
-                     "_first_score", "_best_score", "_first_box", "_last_box", "_weak", "_heir", "_near", "_score_sum",
-                     "_llr"):
+        for name in _COLUMNS:
             setattr(self, name, getattr(self, name)[keep])
 
     def _coasting(self, now: float, frame_size: tuple[int, int] | None) -> Predicted:
