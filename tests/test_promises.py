@@ -51,7 +51,7 @@ def test_demo_summary_and_the_embedded_redis_that_subscribe_attaches_to(tmp_path
     # The printed address is the embedded server's socket, under RPN_STATE_DIR.
     assert re.search(r"Publishing to Redis at unix://\S+redis.socket", demo.stderr), demo.stderr
     assert list((tmp_path / "state").rglob("*.rdb")), "the embedded server keeps its data in RPN_STATE_DIR"
-    head = re.search(r"(\d+) frames published from 1 source\(s\) at [\d.]+ fps, (\d+) objects detected", demo.stdout)
+    head = re.search(r"(\d+) frames published from 1 source\(s\) at [\d.]+ fps, (\d+) objects published", demo.stdout)
     assert head, demo.stdout
     published, objects = int(head.group(1)), int(head.group(2))
     sample = summary_rows(demo.stdout)["sample"]

@@ -486,7 +486,7 @@ def _print_summary(report: RunReport, config: PipelineConfig, bus: Bus, detector
     streams = report.streams
     how = " (stopped on request)" if report.stop_requested else ""
     print(f"\nRun finished in {report.elapsed_s:.1f} s{how}: {report.published} frames published from "
-          f"{len(streams)} source(s) at {report.fps:.1f} fps, {report.objects} objects detected.")
+          f"{len(streams)} source(s) at {report.fps:.1f} fps, {report.objects} objects published.")
     print(f"  {'camera':<20} {'state':<10} {'decoded':>8} {'published':>10} {'dropped':>8} {'objects':>8} "
           f"{'reconnects':>10}")
     for name, s in streams.items():
