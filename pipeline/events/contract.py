@@ -181,12 +181,13 @@ def zone_occupancy_event(camera: str, zone: str, obj: Sighting, count: int, prev
                          overcrowding="begin" if over and not was else "end" if was and not over else "")
 
 
-def frame_entry(result: FrameResult, label_names: Sequence[str], publish_ts: float) -> dict[str, str]:
-    """Encode one processed frame as flat string fields (readable with plain `redis-cli XRANGE`)."""
-    frame, det = result.frame, result.detections
+def frame_objects(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, track_ids: np.ndarray,
+                  predicted: np.ndarray | None, label_names: Sequence[str]) -> list[dict[str, Any]]:
+    """A frame's objects as published (the `objects` field, decoded): track_id, label, score, box, and `predicted`
+    where true; also what the HTTP API's `last_frame` shows."""
     # Whole arrays to Python lists at once: per-element numpy scalars would cost most of the encoding time.
-    boxes = np.asarray(det.boxes, np.float64).round(1).tolist()
-    scores = np.asarray(det.scores, np.float64).round(4).tolist()
+    boxes_1 = np.asarray(boxes, np.float64).round(1).tolist()
+    scores_4 = np.asarray(scores, np.float64).round(4).tolist()
     n = len(label_names)
     objects: list[dict[str, Any]] = [
         {
@@ -195,10 +196,19 @@ def frame_entry(result: FrameResult, label_names: Sequence[str], publish_ts: flo
             "score": score,
             "box": box,
         }
-        for box, score, label, track_id in zip(boxes, scores, det.labels.tolist(), np.asarray(result.track_ids).tolist())
+        for box, score, label, track_id in zip(boxes_1, scores_4, np.asarray(labels).tolist(),
+                                               np.asarray(track_ids).tolist())
     ]
-    for i in np.flatnonzero(np.asarray(result.predicted, bool)).tolist():  # the key only where true: small entries
-        objects[i]["predicted"] = True
+    if predicted is not None:
+        for i in np.flatnonzero(np.asarray(predicted, bool)).tolist():  # the key only where true: small entries
+            objects[i]["predicted"] = True
+    return objects
+
+
+def frame_entry(result: FrameResult, label_names: Sequence[str], publish_ts: float) -> dict[str, str]:
+    """Encode one processed frame as flat string fields (readable with plain `redis-cli XRANGE`)."""
+    frame, det = result.frame, result.detections
+    objects = frame_objects(det.boxes, det.scores, det.labels, result.track_ids, result.predicted, label_names)
     return {
         "v": _VERSION,
         "camera": frame.stream,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.events.contract import frame_objects
 from pipeline.monitor.annotate import AnnotatedJob, AnnotatedVideoWriter, annotate, to_jpeg
 from pipeline.frame import BatchResult, FrameResult, StreamEnd
 from pipeline.stage import Channel, RunContext, Stage
@@ -109,14 +110,8 @@ class LiveView:
             latest = cam.latest if cam is not None else None
         if latest is None:
             return None
-        objects: list[dict[str, object]] = [
-            {"track_id": int(t) if t > 0 else None, "label": self._label(int(lab)), "score": round(float(s), 4),
-             "box": [round(float(v), 1) for v in box]}
-            for box, s, lab, t in zip(latest.boxes, latest.scores, latest.labels, latest.track_ids)
-        ]
-        if latest.predicted is not None:
-            for i in np.flatnonzero(latest.predicted).tolist():  # as in the Redis frame entries (docs/events.md)
-                objects[i]["predicted"] = True
+        objects = frame_objects(latest.boxes, latest.scores, latest.labels, latest.track_ids, latest.predicted,
+                                self.label_names)  # as in the Redis frame entries (docs/events.md)
         return {"index": latest.index, "pts": round(latest.pts, 6), "capture_ts": round(latest.capture_time, 6),
                 "width": latest.width, "height": latest.height, "objects": objects}
 
@@ -137,10 +132,6 @@ class LiveView:
                                  self.label_names, shown.overlay, scale, shown.predicted)  # type: ignore[arg-type]
                 cam.jpeg, cam.jpeg_index = to_jpeg(drawn), shown.index
             return cam.jpeg, cam.jpeg_index
-
-    def _label(self, label: int) -> str:
-        names = self.label_names
-        return names[label] if 0 <= label < len(names) else str(label)
 
 
 class ViewStage(Stage):
