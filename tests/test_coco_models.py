@@ -132,19 +132,23 @@ def test_detect_with_default_weights_offline(torch_home: Path, make_video: Calla
     assert all(0.3 <= score < 0.5 for f in frames for score in f["scores"])
 
 
+def detected(client: redis.Redis, prefix: str, camera: str) -> list[dict[str, object]]:
+    """The detector's own boxes a camera published (not the tracker's predictions for missed objects, which depend
+    on the other labels' tracks)."""
+    return [o for e in entries(client, prefix, camera) for o in e["objects"]  # type: ignore[union-attr]
+            if not o.get("predicted")]
+
+
 def test_only_chosen_labels_reach_redis(make_video: Callable[..., Path], detector: Detector, rclient: redis.Redis,
                                         prefix: str) -> None:
     video = make_video(40, seed=3)
     everything = run_pipeline({"all": video}, detector, rclient, prefix)
-    # the detector's own boxes (the tracker's predictions for missed objects depend on the other labels' tracks)
-    objects = [o for e in entries(rclient, prefix, "all") for o in e["objects"]  # type: ignore[union-attr]
-               if not o.get("predicted")]
+    objects = detected(rclient, prefix, "all")
     people = [o for o in objects if o["label"] == "person"]
     assert everything.ok and people and {o["label"] for o in objects} > {"person"}  # the scene has other labels
 
     chosen = run_pipeline({"people": video}, detector, rclient, prefix, engine={"classes": ["person"]})
-    kept = [o for e in entries(rclient, prefix, "people") for o in e["objects"]  # type: ignore[union-attr]
-            if not o.get("predicted")]
+    kept = detected(rclient, prefix, "people")
     assert chosen.ok and kept and {o["label"] for o in kept} == {"person"}
     assert chosen.streams["people"]["published"] == 40
 
@@ -153,8 +157,7 @@ def test_only_chosen_labels_reach_redis(make_video: Callable[..., Path], detecto
     min_area = areas[len(areas) // 2]
     filtered = run_pipeline({"big": video}, detector, rclient, prefix,
                             engine={"classes": ["person", "car"], "filters": {"person": {"min_area": min_area}}})
-    big = [o for e in entries(rclient, prefix, "big") for o in e["objects"]  # type: ignore[union-attr]
-           if not o.get("predicted")]
+    big = detected(rclient, prefix, "big")
     big_people = [o for o in big if o["label"] == "person"]
     assert filtered.ok and {o["label"] for o in big} <= {"person", "car"}
     assert 0 < len(big_people) < len(people)
