@@ -322,9 +322,14 @@ class Regime:
     seconds: float = 10.0  # synthetic sequences' length (real sequences are taken whole)
     max_objects: int = 8
     speed: float = 1.0
-    draws: int = 1  # simulated detector runs per sequence (the two TUD sequences are short: 3 draws each)
+    draws: int = 1  # simulated detector runs per sequence (the two TUD sequences are short: TUD_DRAWS each)
 
 
+#: Simulated detector runs per TUD sequence. TUD is two short sequences (71 and 179 frames): with 3 runs the gap
+#: between two trackers' IDF1 moved by 2.1-2.7 points (standard deviation) from one set of runs to the next, four to
+#: five times the 0.5-point tie of issue 14's acceptance, so a verdict was mostly the draw (docs/tracking.md,
+#: nineteenth attempt). With 30 its standard error is 0.3-1.0 IDF1 points, and the verdict table prints it.
+TUD_DRAWS = 30
 _TUNE_SEEDS = (2000, 2001, 2002)
 _HELD_SEEDS = (3000, 3001, 3002)
 _D = Detector()
@@ -414,14 +419,16 @@ REGIMES: tuple[Regime, ...] = (
     Regime("fast motion", "held-out", _D, _HELD_SEEDS, speed=2.5),
     Regime("slow motion", "held-out", _D, _HELD_SEEDS, speed=0.3),
     # -- held out: real human motion (TUD), several detectors
-    Regime("TUD real motion", "held-out", _D, tud=True, draws=3),
+    Regime("TUD real motion", "held-out", _D, tud=True, draws=TUD_DRAWS),
     Regime("TUD under-confident, jitter 5%", "held-out",
            replace(_D, score=0.45, score_std=0.12, fp_score=0.2, fp_score_std=0.08, jitter=0.05), tud=True,
-           draws=3),
+           draws=TUD_DRAWS),
     Regime("TUD over-confident, 12.5 fps", "held-out",
-           replace(_D, score=0.95, score_std=0.03, fp_score=0.8, occlusion_score=0.1, fps=12.5), tud=True, draws=3),
+           replace(_D, score=0.95, score_std=0.03, fp_score=0.8, occlusion_score=0.1, fps=12.5), tud=True,
+           draws=TUD_DRAWS),
     Regime("TUD occlusion misses, FPs", "held-out",
-           replace(_D, occlusion_miss=1.6, occlusion_score=0.5, fp_rate=2.0, fp_score=0.5), tud=True, draws=3),
+           replace(_D, occlusion_miss=1.6, occlusion_score=0.5, fp_rate=2.0, fp_score=0.5), tud=True,
+           draws=TUD_DRAWS),
 )
 
 

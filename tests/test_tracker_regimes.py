@@ -17,12 +17,14 @@ from lab.track_eval import (
     regime_report,
     regime_scores,
     regimes_from_args,
+    score,
     select_regimes,
 )
 from lab.track_regimes import (
     MOT15_SEQUENCES,
     MOT17_SEQUENCES,
     REGIMES,
+    TUD_DRAWS,
     Detector,
     Regime,
     motchallenge_truth,
@@ -211,6 +213,29 @@ def test_reduced_matrix_scores_ours_and_a_peer() -> None:
     assert "| h | held-out |" in text and "average, held-out" in text and ok
 
 
+def test_a_regime_of_several_detector_draws_scores_each_and_prints_the_gap_error() -> None:
+    """A regime that runs the detector several times per sequence (TUD) also scores each run on its own, and the
+    verdict gives ours' gap to the best peer with its standard error over the runs, so a reader can tell a gap of
+    the trackers from one of the draw."""
+    pytest.importorskip("trackers")
+    regime = _short("h", "held-out", Detector(score=0.6, miss=0.2, fp_rate=1.5), draws=4)
+    scores = regime_scores([regime], ["ours", "bytetrack"], seconds=3.0)
+    clips = regime_clips(regime, seconds=3.0)
+    for s in scores:
+        assert len(s.per_draw) == 4 and len(set(s.per_draw)) > 1  # the draws differ
+        alone = score(clips[2::4], s.tracker, 1, "h")  # the third draw's clips alone
+        assert s.per_draw[2] == pytest.approx((alone.MOTA, alone.IDF1))
+        assert min(m for m, _ in s.per_draw) <= s.MOTA <= max(m for m, _ in s.per_draw)
+    ours, peer = (np.array(s.per_draw) for s in scores)
+    se = 100 * (ours - peer).std(axis=0, ddof=1) / 2.0
+    text, _ = regime_report(scores, [regime])
+    row = next(line for line in text.splitlines() if line.startswith("| h |") and "draws" in line)
+    assert f"± {se[0]:.1f} /" in row and f"± {se[1]:.1f} (4 draws)" in row
+    single, _ = regime_report(regime_scores([replace(regime, draws=1)], ["ours", "bytetrack"], seconds=3.0),
+                              [regime])
+    assert not any("draws)" in line for line in single.splitlines() if line.startswith("| h |"))  # one draw: no error
+
+
 def test_ours_beats_a_crippled_configuration() -> None:
     pytest.importorskip("trackers")
     regime = _short("occluded, under-confident", "held-out",
@@ -229,7 +254,7 @@ def test_real_pedestrian_trajectories_load() -> None:
     assert truth.frames == 71 and truth.fps == 25.0 and len(np.unique(truth.ids)) == 8
     assert (truth.visibility < 0.99).any()  # people occlude each other
     clips = regime_clips(next(r for r in REGIMES if r.tud))
-    assert [c.name for c in clips] == [f"TUD-{n}-{k}" for n in ("Campus", "Stadtmitte") for k in range(3)]
+    assert [c.name for c in clips] == [f"TUD-{n}-{k}" for n in ("Campus", "Stadtmitte") for k in range(TUD_DRAWS)]
     assert all(len(c.det_scores) for c in clips)
 
 
