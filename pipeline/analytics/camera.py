@@ -14,6 +14,7 @@ from pipeline.analytics.objects import FrameObjects
 from pipeline.analytics.zones import Zones
 from pipeline.config import AnalyticsConfig
 from pipeline.events.contract import (
+    label_name,
     line_cross_event,
     zone_dwell_event,
     zone_enter_event,
@@ -201,7 +202,7 @@ class CameraAnalytics:
         for row in rows.tolist():
             track_id = int(self._track[row])
             ts, score, label, *box = self._last[row].tolist()
-            last = Sighting(track_id, self._label_name(int(label)), tuple(box), score,  # type: ignore[arg-type]
+            last = Sighting(track_id, label_name(self.label_names, int(label)), tuple(box), score,  # type: ignore[arg-type]
                             float(self._last_pts[row]), ts)
             emit = _Emit(self, None, events, last=last)
             self.zones.release(row, track_id, emit, reason)
@@ -209,9 +210,6 @@ class CameraAnalytics:
             self._slot.pop(track_id, None)
             self._track[row], self._last_pts[row], self._sightings[row] = 0, np.inf, 0
             self._free.append(row)
-
-    def _label_name(self, label: int) -> str:
-        return self.label_names[label] if 0 <= label < len(self.label_names) else str(label)
 
     def _release_all(self, events: list[dict[str, str]], reason: str) -> None:
         self._release(np.flatnonzero(self._track > 0), events, reason)
@@ -228,7 +226,7 @@ class _Emit:
     def label(self, i: int) -> str:
         if i < 0 or self.obj is None:
             return self.last.label if self.last is not None else ""
-        return self.owner._label_name(int(self.obj.labels[i]))
+        return label_name(self.owner.label_names, int(self.obj.labels[i]))
 
     def sighting(self, i: int) -> Sighting:
         if i < 0 or self.obj is None:

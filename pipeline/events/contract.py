@@ -181,6 +181,12 @@ def zone_occupancy_event(camera: str, zone: str, obj: Sighting, count: int, prev
                          overcrowding="begin" if over and not was else "end" if was and not over else "")
 
 
+def label_name(label_names: Sequence[str], label: int) -> str:
+    """The name of detector class ``label``, as events and frame entries carry it; the number itself (as text) for a
+    class the model's list does not name."""
+    return label_names[label] if 0 <= label < len(label_names) else str(label)
+
+
 def frame_objects(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, track_ids: np.ndarray,
                   predicted: np.ndarray | None, label_names: Sequence[str]) -> list[dict[str, Any]]:
     """A frame's objects as published (the `objects` field, decoded): track_id, label, score, box, and `predicted`
@@ -188,11 +194,10 @@ def frame_objects(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tra
     # Whole arrays to Python lists at once: per-element numpy scalars would cost most of the encoding time.
     boxes_1 = np.asarray(boxes, np.float64).round(1).tolist()
     scores_4 = np.asarray(scores, np.float64).round(4).tolist()
-    n = len(label_names)
     objects: list[dict[str, Any]] = [
         {
             "track_id": track_id if track_id > 0 else None,
-            "label": label_names[label] if 0 <= label < n else str(label),
+            "label": label_name(label_names, label),
             "score": score,
             "box": box,
         }

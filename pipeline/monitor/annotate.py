@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 from torchvision.utils import draw_bounding_boxes
 
 from pipeline.analytics.camera import Overlay
+from pipeline.events.contract import label_name
 from pipeline.frame import boxes_to_image
 from pipeline.monitor.yuv import rgb_to_yuv420p
 
@@ -69,7 +70,7 @@ def annotate(
     texts, colours = [], []
     guessed = [False] * len(boxes) if predicted is None or len(predicted) != len(boxes) else predicted.tolist()
     for score, label, track_id, guess in zip(scores.tolist(), labels.tolist(), track_ids.tolist(), guessed):
-        name = label_names[label] if 0 <= label < len(label_names) else str(label)
+        name = label_name(label_names, label)
         ident = f" #{track_id}" if track_id > 0 else ""  # not yet on a confirmed track: no id
         texts.append(f"{name}{ident} predicted" if guess else f"{name}{ident} {score:.2f}")
         colours.append(label_colour(int(label)))

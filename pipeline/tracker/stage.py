@@ -21,7 +21,7 @@ import numpy as np
 from engines.base import Detections
 
 from pipeline.tracker.bytetrack import LOW_THRESH, ByteTracker, TrackEnd, TrackStart
-from pipeline.events.contract import track_ended_event, track_started_event
+from pipeline.events.contract import label_name, track_ended_event, track_started_event
 from pipeline.frame import BatchResult, StreamEnd
 from pipeline.stage import Channel, RunContext, Stage
 
@@ -115,9 +115,6 @@ class TrackerStage(Stage):
             return
         now = time.time()
         for track in starts:
-            self.publish_event(track_started_event(camera, track, self._label(track.label), now))
+            self.publish_event(track_started_event(camera, track, label_name(self.label_names, track.label), now))
         for track in ends:
-            self.publish_event(track_ended_event(camera, track, self._label(track.label), now))
-
-    def _label(self, label: int) -> str:
-        return self.label_names[label] if 0 <= label < len(self.label_names) else str(label)
+            self.publish_event(track_ended_event(camera, track, label_name(self.label_names, track.label), now))
